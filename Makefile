@@ -1,0 +1,35 @@
+# freshen: the two commands of the README, and the helpers they use.
+#   make demo   the main job end to end on the embedded ToyWorld default
+#   make test   the test suite
+# Both create (or reuse) the virtual environment .venv and install the pinned packages.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test lint check clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "freshen needs Python 3.11, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/freshen demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+check: venv
+	$(BIN)/freshen toyworld check
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,71 @@
+"""Hyperparameters of an edit, in one typed dataclass (MEMIT's style), saved as JSON with
+every version so that an edit can be reproduced. Defaults: ALGORITHMS.md."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+METHODS = ("nullspace", "emcid")
+NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
+
+
+@dataclass
+class EditHParams:
+    # -- where: edit layers (None: every layer but the last) and key templates
+    layers: list[int] | None = None
+    context_templates: list[str] = field(
+        default_factory=lambda: ["{}", "a photo of {}", "an image of {}"])
+
+    # -- Stage I (ALGORITHMS.md "Stage I"): one target value per fact
+    steps: int = 200
+    lr: float = 0.2
+    lambda_txt: float = 0.01  # weight of text alignment (EOS + entities)
+    alpha_e: float = 0.11  # entity alignment inside the text term (Eq. 4 of 004_...)
+    weight_decay: float = 5e-4  # on |delta|^2 / |h|^2
+    clamp_norm_factor: float = 1.5  # |delta| <= factor * |h| after every step
+    noise_images: int = 2  # destination images per fact for the noise loss
+    dest_steps: int = 50  # sampling steps to draw destination images
+    guidance_scale: float = 3.0
+
+    # -- Stage II (ALGORITHMS.md "Stage II")
+    method: str = "nullspace"  # "nullspace" (004_...) or "emcid" (EMCID's closed form)
+    residual: str = "memit"  # R spread over the layers left (MEMIT convention)
+    beta: float = 1.0  # ridge term beta I of Eq. 7
+    nullspace_mode: str = "relative"  # how P is cut from C0's spectrum
+    nullspace_threshold: float = 1e-2
+    protect_entities: bool = False  # add entity keys to the preserved set (beyond the papers)
+    entity_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}"])
+    emcid_lambda: float = 4000.0
+    emcid_alpha: float = 0.5
+
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"hparams.method: {self.method!r} is not one of {METHODS}")
+        if self.nullspace_mode not in NULLSPACE_MODES:
+            raise ValueError(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
+        if self.residual != "memit":
+            raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
+        if "{}" not in self.context_templates[0]:
+            raise ValueError("hparams.context_templates: every template needs a '{}' slot")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> EditHParams:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown edit hyperparameters: {sorted(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: Path) -> EditHParams:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

@@ -1,0 +1,144 @@
+"""Keys, layer outputs and key statistics (ALGORITHMS.md "Where knowledge lives", Stage II
+steps 1 and 3). Named after MEMIT's ``compute_ks`` and ``layer_stats``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from editing.model import DiffusionModel
+from editing.requests import EditRequest
+
+log = logging.getLogger(__name__)
+
+
+def _subject_batch(model: DiffusionModel, requests: Sequence[EditRequest],
+                   templates: list[str]) -> tuple[list[str], list[int]]:
+    prompts = [p for r in requests for p in r.prompts(templates)]
+    spans = [s for r in requests for s in r.subject_spans(templates)]
+    return prompts, model.subject_last_token(prompts, spans)
+
+
+@torch.no_grad()
+def compute_ks(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
+               templates: list[str]) -> torch.Tensor:
+    """K1 (d_k x e): fc2 input of ``layer`` at each subject's last token, averaged over the
+    context templates."""
+    prompts, pos = _subject_batch(model, requests, templates)
+    keys, _ = model.capture_fc2(prompts, layer, positions=pos)
+    return keys.view(len(requests), len(templates), -1).mean(1).T
+
+
+@contextmanager
+def capturing_layer_output(model: DiffusionModel, layer: int) -> Iterator[dict]:
+    """Records the residual stream leaving encoder layer ``layer``."""
+    got: dict = {}
+
+    def hook(_m, _inp, out):
+        got["out"] = (out[0] if isinstance(out, tuple) else out).detach()
+
+    handle = model.layers[layer].register_forward_hook(hook)
+    try:
+        yield got
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def compute_hs(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
+               templates: list[str]) -> torch.Tensor:
+    """h (e x d): residual stream after ``layer`` at each subject's last token, averaged over
+    the context templates."""
+    prompts, pos = _subject_batch(model, requests, templates)
+    with capturing_layer_output(model, layer) as got:
+        model.encode(prompts)
+    h = got["out"][torch.arange(len(prompts)), torch.as_tensor(pos)]
+    return h.view(len(requests), len(templates), -1).mean(1)
+
+
+@torch.no_grad()
+def compute_entity_ks(model: DiffusionModel, entities: Sequence[str], layer: int,
+                      templates: list[str]) -> torch.Tensor:
+    """Keys (d_k x n) of every token of each entity in prompts made from it alone
+    ("{entity}", "a photo of {entity}"): the directions an entity-protected edit preserves."""
+    prompts = [t.format(e) for e in entities for t in templates]
+    spans = [(t.index("{}"), t.index("{}") + len(e)) for e in entities for t in templates]
+    toks = model.span_tokens(prompts, spans)
+    keys, _ = model.capture_fc2(prompts, layer)
+    return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T
+
+
+def corpus_hash(captions: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(captions).encode()).hexdigest()
+
+
+@torch.no_grad()
+def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str],
+                cache_dir: Path | None = None, model_hash: str = "", batch_size: int = 256,
+                progress: bool = True) -> dict[int, torch.Tensor]:
+    """C0 = E[k k^T] (d_k x d_k, float64) of fc2 inputs at each layer over every
+    non-padding token of a caption corpus. One pass computes all layers; results are
+    cached on disk keyed by model hash, layer and corpus hash."""
+    key = f"{model_hash[:16]}_{corpus_hash(captions)[:16]}"
+    paths = {l: cache_dir / f"c0_{key}_layer{l}.safetensors" for l in layers} if cache_dir else {}
+    if paths and all(p.exists() for p in paths.values()):
+        return {l: load_file(p)["c0"] for l, p in paths.items()}
+    d_k = model.fc2(layers[0]).in_features
+    sums = {l: torch.zeros(d_k, d_k, dtype=torch.float64) for l in layers}
+    count = 0
+    hooks, got = [], {}
+    for l in layers:
+        hooks.append(model.fc2(l).register_forward_hook(
+            lambda _m, inp, _o, l=l: got.__setitem__(l, inp[0].detach())))
+    try:
+        chunks = range(0, len(captions), batch_size)
+        for i in tqdm(chunks, desc="C0 statistics", unit="batch", disable=not progress):
+            enc = model.encode(list(captions[i:i + batch_size]))
+            # every token up to and including the first [EOS] (the rest is padding)
+            length = enc.input_ids.shape[1]
+            mask = torch.arange(length)[None, :] <= enc.eos_index[:, None].cpu()
+            count += int(mask.sum())
+            for l in layers:
+                k = got[l][mask].double()
+                sums[l] += k.T @ k
+    finally:
+        for h in hooks:
+            h.remove()
+    c0 = {l: s / count for l, s in sums.items()}
+    if paths:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for l, p in paths.items():
+            save_file({"c0": c0[l]}, p)
+    log.info("C0 over %d tokens of %d captions for layers %s", count, len(captions), list(layers))
+    return c0
+
+
+def null_space_projection(c0: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """P = U0 U0^T from the eigenvectors of C0 whose eigenvalues are small
+    (ALGORITHMS.md Stage II step 3; AlphaEdit). ``mode``:
+    - "relative": eigenvalue < threshold * largest eigenvalue (default);
+    - "energy": the smallest eigenvalues that together hold <= threshold of the trace;
+    - "absolute": eigenvalue < threshold (AlphaEdit's 2e-2, tuned for LLMs);
+    - "none": P = I (no null space; a baseline)."""
+    n = c0.shape[0]
+    if mode == "none":
+        return torch.eye(n, dtype=torch.float64)
+    evals, evecs = torch.linalg.eigh(c0.double())  # ascending
+    evals = evals.clamp_min(0)
+    if mode == "relative":
+        keep = evals < threshold * evals[-1]
+    elif mode == "energy":
+        keep = torch.cumsum(evals, 0) <= threshold * evals.sum()
+    elif mode == "absolute":
+        keep = evals < threshold
+    else:
+        raise ValueError(f"unknown null-space mode {mode!r}")
+    u0 = evecs[:, keep]
+    return u0 @ u0.T

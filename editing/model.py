@@ -1,0 +1,269 @@
+"""One interface over a text-to-image model, ToyWorld's or Stable Diffusion's.
+
+Everything the editing method needs from a model goes through ``DiffusionModel``:
+tokenise with offsets and find a subject's last token, encode prompts, capture the keys
+and values of an MLP's ``fc2`` (ALGORITHMS.md, "Where knowledge lives"), generate images
+with classifier-free guidance from a seed, predict the U-Net's noise, and turn images into
+the latents the U-Net works on (VAE for SD, identity in ToyWorld's pixel space).
+Components stay plain attributes of the wrapped diffusers pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says which and how to provide it."""
+
+
+@dataclass
+class Encoding:
+    hidden: torch.Tensor  # (n, L, d) final hidden states (after the final layer norm)
+    pooled: torch.Tensor  # (n, d) the [EOS] embedding
+    input_ids: torch.Tensor  # (n, L)
+    eos_index: torch.Tensor  # (n,) position of the first [EOS]
+
+
+def _output_tensor(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+class DiffusionModel:
+    """A text-to-image pipeline seen as the editing method sees it."""
+
+    def __init__(self, pipe, source: str, kind: str):
+        self.pipe = pipe
+        self.source = source  # local path or hub id it came from
+        self.kind = kind  # "toyworld" or "stable-diffusion"
+        self._base_hash: str | None = None
+        self.pipe.set_progress_bar_config(disable=True)
+        self.text_encoder.requires_grad_(False)
+        self.unet.requires_grad_(False)
+
+    # -- components ----------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.pipe.tokenizer
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        return self.pipe.text_encoder
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.pipe.unet
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_encoder.device
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The text encoder's transformer layers (CLIPTextModel keeps them under
+        ``text_model`` in older transformers, directly in 5.x)."""
+        te = getattr(self.text_encoder, "text_model", self.text_encoder)
+        return te.encoder.layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def default_edit_layers(self) -> list[int]:
+        """Every layer but the last (ALGORITHMS.md: its output feeds [EOS] directly)."""
+        return list(range(self.n_layers - 1))
+
+    def fc2(self, layer: int) -> nn.Linear:
+        return self.layers[layer].mlp.fc2
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    # -- tokens --------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str], offsets: bool = False):
+        return self.tokenizer(list(prompts), padding="max_length", truncation=True,
+                              max_length=self.max_length, return_tensors="pt",
+                              return_offsets_mapping=offsets)
+
+    def token_count(self, text: str) -> int:
+        """Tokens ``text`` takes including [BOS]/[EOS]; must be <= ``max_length``."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    def span_tokens(self, prompts: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Token positions covering each character span ``[start, end)`` of its prompt, found
+        through the fast tokenizer's offset mapping (never by searching ids)."""
+        enc = self.tokenize(prompts, offsets=True)
+        out = []
+        for i, (start, end) in enumerate(spans):
+            pos = [j for j, (a, b) in enumerate(enc["offset_mapping"][i].tolist())
+                   if b > a and a < end and b > start]
+            if not pos:
+                raise ValueError(f"span {start}:{end} of prompt {prompts[i]!r} covers no token "
+                                 f"(within the first {self.max_length} tokens)")
+            out.append(pos)
+        return out
+
+    def subject_last_token(self, prompts: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[int]:
+        """Position of the last token of each subject span."""
+        return [pos[-1] for pos in self.span_tokens(prompts, spans)]
+
+    # -- text encoder --------------------------------------------------------
+    def encode(self, prompts: Sequence[str] | None = None, input_ids: torch.Tensor | None = None) -> Encoding:
+        if input_ids is None:
+            input_ids = self.tokenize(prompts)["input_ids"]
+        input_ids = input_ids.to(self.device)
+        out = self.text_encoder(input_ids)
+        eos = (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+        return Encoding(out.last_hidden_state, out.pooler_output, input_ids, eos)
+
+    @contextmanager
+    def capturing_fc2(self, layer: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Within the block, every forward of the text encoder records the input (keys,
+        ``act(fc1(h))``) and output (values, ``W k``) of layer ``layer``'s fc2."""
+        got: dict[str, torch.Tensor] = {}
+
+        def hook(_module, inputs, output):
+            got["keys"] = inputs[0].detach()
+            got["values"] = output.detach()
+
+        handle = self.fc2(layer).register_forward_hook(hook)
+        try:
+            yield got
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def capture_fc2(self, prompts: Sequence[str], layer: int,
+                    positions: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc2 keys (n, L, d_k) and values (n, L, d) of ``layer`` for every token, or at one
+        position per prompt ((n, d_k), (n, d)) when ``positions`` is given."""
+        with self.capturing_fc2(layer) as got:
+            self.encode(prompts)
+        keys, values = got["keys"], got["values"]
+        if positions is not None:
+            rows = torch.arange(len(prompts))
+            idx = torch.as_tensor(list(positions))
+            keys, values = keys[rows, idx], values[rows, idx]
+        return keys, values
+
+    # -- image side ----------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str] | None = None, seed: int = 0,
+                 num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
+        """Images (n, h, w, 3) uint8 from prompts (or their embeddings), seeded."""
+        g = torch.Generator().manual_seed(seed)
+        if self.kind == "toyworld":
+            return self.pipe(list(prompts) if prompts is not None else None, generator=g,
+                             num_inference_steps=num_inference_steps,
+                             guidance_scale=guidance_scale, prompt_embeds=prompt_embeds)
+        if prompt_embeds is None:
+            prompt_embeds = self.encode(prompts).hidden
+        negative = self.encode([""]).hidden.expand_as(prompt_embeds)
+        images = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative,
+                           generator=g, num_inference_steps=num_inference_steps,
+                           guidance_scale=guidance_scale, output_type="np").images
+        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor,
+                      embeds: torch.Tensor) -> torch.Tensor:
+        """The U-Net's noise prediction (gradients flow through when the caller allows)."""
+        return self.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+
+    @torch.no_grad()
+    def images_to_latents(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (n, h, w, 3) or float (n, 3, h, w) in [-1, 1] -> U-Net latents."""
+        if isinstance(images, np.ndarray) or images.dtype == torch.uint8:
+            x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        else:
+            x = images.float()
+        x = x.to(self.device)
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:  # ToyWorld: pixel space
+            return x
+        return vae.encode(x.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(latents, noise, t)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    # -- identity ------------------------------------------------------------
+    @property
+    def base_hash(self) -> str:
+        """Content hash of the weights this model was loaded from (before any edit)."""
+        if self._base_hash is None:
+            self._base_hash = directory_hash(resolve_local(self.source))
+        return self._base_hash
+
+    def save(self, path: Path) -> None:
+        self.pipe.save_pretrained(path, safe_serialization=True)
+
+
+def directory_hash(path: Path) -> str:
+    """sha256 over the weight, config and tokenizer files of a saved model directory
+    (relative paths and contents), so a copy elsewhere hashes the same."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+                   and p.name != "train_log.jsonl" and p.parent.name != "checkpoints")
+    for p in files:
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def resolve_local(path_or_id: str) -> Path:
+    """A local directory for a model given as a path or as a hub id already in the local
+    hub cache (nothing is downloaded)."""
+    p = Path(path_or_id).expanduser()
+    if p.is_dir():
+        return p.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path_or_id, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available here"
+        raise ModelLoadError(
+            f"model {path_or_id!r} is neither a local directory nor in the local Hugging Face "
+            f"cache. Download it where the hub is reachable (huggingface-cli download "
+            f"{path_or_id}) or pass the path of a saved pipeline (save_pretrained layout)."
+        ) from exc
+
+
+def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
+               device: str = "cpu") -> DiffusionModel:
+    """Load a ToyWorld pipeline or a Stable Diffusion pipeline from a local path or hub id."""
+    local = resolve_local(str(path_or_id))
+    index = local / "model_index.json"
+    if not index.exists():
+        raise ModelLoadError(f"{local} has no model_index.json: not a diffusers pipeline directory")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    if class_name == "ToyDiffusionPipeline":
+        from toyworld.pipeline import ToyDiffusionPipeline
+
+        pipe = ToyDiffusionPipeline.from_pretrained(local, torch_dtype=dtype)
+        return DiffusionModel(pipe.to(device), str(path_or_id), "toyworld")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(local, torch_dtype=dtype, safety_checker=None,
+                                                   requires_safety_checker=False)
+    return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion")

@@ -1,0 +1,48 @@
+"""What the editing engine takes: one fact change as an edit request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A named entity that NER found in a source prompt (character span into it)."""
+
+    text: str
+    label: str
+    start: int
+    end: int
+    score: float = 1.0
+
+
+@dataclass
+class EditRequest:
+    """Change what ``source`` depicts into ``target`` (a prompt), or into ``target_images``
+    (uint8 (n, h, w, 3) arrays). The subject is the whole source phrase."""
+
+    id: str
+    source: str
+    target: str | None = None
+    target_images: list | None = None
+    entities: list[Entity] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.source or not self.source.strip():
+            raise ValueError(f"edit request {self.id!r}: field 'source' is empty")
+        if not self.target and self.target_images is None:
+            raise ValueError(f"edit request {self.id!r}: needs 'target' or 'target_images'")
+        for e in self.entities:
+            if self.source[e.start:e.end] != e.text:
+                raise ValueError(f"edit request {self.id!r}: entity {e.text!r} is not at "
+                                 f"{e.start}:{e.end} of its source {self.source!r}")
+
+    def prompts(self, templates: list[str]) -> list[str]:
+        return [t.format(self.source) for t in templates]
+
+    def subject_spans(self, templates: list[str]) -> list[tuple[int, int]]:
+        """Character span of the subject (the whole source) in each templated prompt."""
+        return [(t.index("{}"), t.index("{}") + len(self.source)) for t in templates]
+
+    def target_prompts(self, templates: list[str]) -> list[str]:
+        return [t.format(self.target) for t in templates] if self.target else []

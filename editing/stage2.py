@@ -1,0 +1,72 @@
+"""Stage II: the multi-layer closed-form edit (ALGORITHMS.md "Stage II"; Eq. 7 of 004_...).
+
+For each edit layer l, ascending (i = 0..m-1):
+  1. K1 = compute_ks(l) on the model with the layers below already edited;
+  2. R = (Z - h_last) / (m - i)                        (MEMIT's spread of the residual);
+  3. P = null-space projection of C0 (keys.null_space_projection);
+  4. Delta = R K1^T P (Kp Kp^T P + K1 K1^T P + beta I)^-1, as R times
+     B = K1^T P A^-1, found by a float64 linear solve of A^T B^T = P K1 (P symmetric);
+  5. W_l += Delta.
+EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from editing.hparams import EditHParams
+from editing.keys import compute_entity_ks, compute_hs, compute_ks
+from editing.model import DiffusionModel
+from editing.requests import EditRequest
+from editing.state import Edit, EditState, LayerEdit
+
+
+def protect_entity_keys(p: torch.Tensor, entity_keys: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """Remove from P's range the directions of the entity keys P sees (beyond the papers):
+    P' = P - Q Q^T with Q an orthonormal basis of P K_ent. P' is again a projector, inside P."""
+    pk = p @ entity_keys.double()
+    u, s, _ = torch.linalg.svd(pk, full_matrices=False)
+    q = u[:, s > tol * s.max().clamp_min(1e-30)]
+    return p - q @ q.T
+
+
+def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: torch.Tensor | None,
+                 c0: torch.Tensor | None) -> torch.Tensor:
+    """B (e x d_k) such that Delta = R B."""
+    d_k = k1.shape[0]
+    eye = torch.eye(d_k, dtype=torch.float64)
+    if hp.method == "nullspace":
+        a = (kp_cov + k1 @ k1.T) @ p + hp.beta * eye
+        return torch.linalg.solve(a.T, p @ k1).T
+    # EMCID: symmetric system, so K1^T A^-1 = (A^-1 K1)^T
+    a = hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha * c0 + k1 @ k1.T
+    return torch.linalg.solve(a, k1).T
+
+
+@torch.no_grad()
+def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: torch.Tensor,
+                   hp: EditHParams, layers: list[int], state: EditState,
+                   projections: dict[int, torch.Tensor] | None = None,
+                   c0: dict[int, torch.Tensor] | None = None) -> Edit:
+    """Apply the batch to ``model`` in place, layer by layer; return its factors."""
+    templates, last = hp.context_templates, layers[-1]
+    entities = sorted({e.text for r in requests for e in r.entities})
+    out: dict[int, LayerEdit] = {}
+    for i, layer in enumerate(layers):
+        k1 = compute_ks(model, requests, layer, templates).double()
+        cur = compute_hs(model, requests, last, templates).double()
+        r = ((zs.double() - cur) / (len(layers) - i)).T
+        p = None
+        if hp.method == "nullspace":
+            p = projections[layer]
+            if hp.protect_entities and entities:
+                p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
+        b = right_factor(hp, k1, state.kp(layer, k1.shape[0]), p, None if c0 is None else c0.get(layer))
+        w = model.fc2(layer).weight
+        w += (r @ b).to(w.dtype)
+        # K1 of layer l is also its key on the fully edited model: edits at l and above do
+        # not change the inputs of layer l's fc2, and the layers below are already edited.
+        out[layer] = LayerEdit(r.float(), b.float(), k1.float())
+    return Edit(out, [r.id for r in requests])

@@ -1,0 +1,144 @@
+"""The ``freshen`` command line. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _toyworld_generate(args: argparse.Namespace) -> int:
+    from toyworld.world import generate
+
+    world = generate(args.seed)
+    world.write(args.out)
+    print(f"wrote ToyWorld (seed {args.seed}, {len(world.entities)} entities, "
+          f"{len(world.facts)} facts) to {args.out}")
+    return 0
+
+
+def _toyworld_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from toyworld import paths, train
+    from toyworld.world import World
+
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # tiny activations late in training are slow on CPU otherwise
+    world = World.read(paths.DATA_DIR)
+    kw = {} if args.seed is None else {"seed": args.seed}
+    if args.steps is not None:
+        kw["epochs" if args.model == "ner" else "steps"] = args.steps
+    out = args.out
+    if args.model == "judge":
+        result = train.train_judge(world, out or paths.JUDGE_DIR, **kw)
+    elif args.model == "ner":
+        result = train.train_ner(world, out or paths.NER_DIR, **kw)
+    else:
+        result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR, **kw)
+    print(json.dumps(result))
+    return 0
+
+
+def _toyworld_check(args: argparse.Namespace) -> int:
+    from toyworld.check import run_check
+
+    result = run_check(seeds=args.seeds, seed=args.seed, progress=not args.json)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=1))
+    return 0
+
+
+def _toyworld_release(args: argparse.Namespace) -> int:
+    from toyworld.check import run_check
+    from toyworld.release import release
+
+    check = run_check(seeds=args.seeds, progress=True)
+    release(check)
+    print(json.dumps(check))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from freshen.config import Settings
+    from freshen.demo import run_demo
+
+    summary = run_demo(Settings.from_env(home=args.home))
+    for f in summary["facts"]:
+        print(f"  {f['prompt']!r:48} expected {f['expected']:16} judged {', '.join(f['judged'])}")
+    print(f"accuracy {summary['accuracy']:.2f} over {len(summary['facts'])} facts; "
+          f"{summary['seconds']} s")
+    print(f"grid: {summary['grid']}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from freshen.config import Settings
+    from freshen.oneoff import edit_from_file
+
+    settings = Settings.from_env(model=args.model, ner_model=args.ner)
+    summary = edit_from_file(settings, args.facts, args.out, hparams=args.hparams,
+                             captions=args.captions, save_model=args.save_model)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="freshen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    tw = sub.add_parser("toyworld", help="the embedded ToyWorld: data, models, checks")
+    tws = tw.add_subparsers(dest="action", required=True)
+    g = tws.add_parser("generate", help="write the world's data files from a seed")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--out", type=Path, default=None)
+    g.set_defaults(func=_toyworld_generate)
+    t = tws.add_parser("train", help="train one shipped model (by hand; slow)")
+    t.add_argument("model", choices=("judge", "ner", "diffusion"))
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--steps", type=int, default=None, help="steps (epochs for ner)")
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--out", type=Path, default=None)
+    t.set_defaults(func=_toyworld_train)
+    c = tws.add_parser("check", help="measure the shipped models on held-out prompts")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_toyworld_check)
+    r = tws.add_parser("release", help="after training: check, then write manifest and model cards")
+    r.add_argument("--seeds", type=int, default=4)
+    r.set_defaults(func=_toyworld_release)
+
+    e = sub.add_parser("edit", help="apply one batch of fact changes to a model, once")
+    e.add_argument("--facts", type=Path, required=True,
+                   help="JSON Lines: id, source, target, optional entities [{text,label,start,end}]")
+    e.add_argument("--out", type=Path, required=True, help="directory for factors and diagnostics")
+    e.add_argument("--model", default=None, help="pipeline path or hub id (default: ToyWorld)")
+    e.add_argument("--ner", default=None, help="NER model for facts without entities")
+    e.add_argument("--hparams", type=Path, default=None, help="EditHParams as JSON")
+    e.add_argument("--captions", type=Path, default=None,
+                   help="caption corpus for C0, one per line (default: ToyWorld's)")
+    e.add_argument("--save-model", action="store_true", help="also save the edited pipeline")
+    e.set_defaults(func=_edit)
+
+    d = sub.add_parser("demo", help="the main job on the embedded ToyWorld default")
+    d.add_argument("--home", type=Path, default=None, help="state directory (default ./var)")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "toyworld" and args.action == "generate":
+        from toyworld import paths
+        from toyworld.world import DEFAULT_SEED
+
+        args.seed = DEFAULT_SEED if args.seed is None else args.seed
+        args.out = (args.out or paths.DATA_DIR).resolve()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Configuration in one typed place. Defaults run the embedded ToyWorld; every path is
+absolute once resolved. Environment variables ``FRESHEN_<FIELD>`` override a default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from toyworld import paths as toy
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("FRESHEN_HOME", PROJECT_DIR / "var")).expanduser().resolve()
+
+
+@dataclass
+class Settings:
+    home: Path = field(default_factory=_default_home)  # all state of a local installation
+    model: str = str(toy.DIFFUSION_DIR)  # base text-to-image model: local path or hub id
+    ner_model: str = str(toy.NER_DIR)  # production: dslim/bert-large-NER
+    judge: str = str(toy.JUDGE_DIR)  # ToyWorld's judge; CLIP/Inception for real models
+    world: Path = toy.DATA_DIR
+    seed: int = 0
+    num_inference_steps: int = 50
+    guidance_scale: float = 3.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        kw = {}
+        for f in fields(cls):
+            env = os.environ.get(f"FRESHEN_{f.name.upper()}")
+            if env is not None and f.name != "home":
+                kw[f.name] = env
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        s = cls(**kw)
+        s.home = Path(s.home).expanduser().resolve()
+        s.world = Path(s.world).expanduser().resolve()
+        s.seed, s.num_inference_steps = int(s.seed), int(s.num_inference_steps)
+        s.guidance_scale = float(s.guidance_scale)
+        return s
+
+    @property
+    def out_dir(self) -> Path:
+        return self.home / "out"

@@ -1,0 +1,70 @@
+"""``freshen edit``: one batch of fact changes applied once, outside the service (no
+ledger, no registry): for trying an edit on ToyWorld or on a real Stable Diffusion path."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from freshen.config import Settings
+
+
+def read_fact_file(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for f in ("id", "source", "target"):
+            if not isinstance(row.get(f), str) or not row[f].strip():
+                raise ValueError(f"{path}:{n}: field {f!r} must be a non-empty string")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no facts")
+    return rows
+
+
+def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | None = None,
+                   captions: Path | None = None, save_model: bool = False) -> dict:
+    from editing.api import edit
+    from editing.hparams import EditHParams
+    from editing.model import load_model
+    from editing.requests import EditRequest, Entity
+    from toyworld.world import World
+
+    rows = read_fact_file(facts)
+    model = load_model(settings.model)
+    if captions is not None:
+        corpus = [c for c in Path(captions).read_text().splitlines() if c.strip()]
+    elif model.kind == "toyworld":
+        corpus = World.read(settings.world).captions()
+    else:
+        raise ValueError("freshen edit: a real model needs --captions (a caption corpus for C0)")
+    untagged = [r for r in rows if "entities" not in r]
+    if untagged:
+        from feeds.ner import NerTagger
+
+        for r, ents in zip(untagged, NerTagger(settings.ner_model)([r["source"] for r in untagged]),
+                           strict=True):
+            r["entities"] = [e.__dict__ for e in ents]
+    requests = [EditRequest(r["id"], r["source"], r["target"],
+                            entities=[Entity(**e) for e in r["entities"]]) for r in rows]
+    hp = EditHParams.load(hparams) if hparams else EditHParams(seed=settings.seed)
+    t0 = time.time()
+    result = edit(model, requests, hp=hp, captions=corpus, cache_dir=settings.home / "cache",
+                  model_hash=model.base_hash, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    result.edit.meta["base_hash"] = model.base_hash
+    result.edit.save(out / "edit")
+    if save_model:
+        model.save(out / "model")
+    summary = {"facts": len(requests), "out": str(out.resolve()), "seconds": result.seconds,
+               "wall_seconds": round(time.time() - t0, 1), "diagnostics": result.diagnostics}
+    (out / "diagnostics.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Trains ToyWorld's three shipped models, in the order the later ones need, with the
+# seeds and steps that made the shipped weights. By hand only (about 50 minutes on
+# 2 CPU cores); CI and the tests never train.
+#   nohup bash scripts/train_toyworld.sh > var/train.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+freshen toyworld train judge --seed 1 --steps 2500
+freshen toyworld train ner --seed 2 --steps 6
+freshen toyworld train diffusion --seed 3 --steps 8000

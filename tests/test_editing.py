@@ -1,0 +1,202 @@
+"""The editing engine's mathematics, on the shipped ToyWorld model."""
+
+import pytest
+import torch
+
+from editing.api import edit, preservation
+from editing.hparams import EditHParams
+from editing.keys import compute_hs, compute_ks, layer_stats, null_space_projection
+from editing.model import load_model
+from editing.stage1 import compute_zs
+from editing.stage2 import execute_stage2
+from editing.requests import EditRequest, Entity
+from editing.state import Edit, EditState
+from toyworld.paths import DIFFUSION_DIR
+
+FAST = dict(steps=40, noise_images=1, dest_steps=20)
+
+
+def fresh():
+    return load_model(DIFFUSION_DIR)
+
+
+def request(world, i: int, target: str, with_entity: bool = True) -> EditRequest:
+    f = [f for f in world.facts if f.relation != "self"][i]
+    ents = [Entity(f.entity, "ORG", f.prompt.index(f.entity), len(f.prompt))] if with_entity else []
+    return EditRequest(f"fact-{i}", f.prompt, target, entities=ents)
+
+
+@pytest.fixture(scope="module")
+def preserved(world, toy_model):
+    hp = EditHParams(**FAST)
+    return preservation(toy_model, toy_model.default_edit_layers, world.captions(), hp)
+
+
+@pytest.fixture(scope="module")
+def corpus_keys(world, toy_model):
+    """fc2 keys of every non-padding token of 300 captions, per edit layer (n x d_k)."""
+    caps = world.captions()[::7][:300]
+    out = {}
+    for layer in toy_model.default_edit_layers:
+        keys, _ = toy_model.capture_fc2(caps, layer)
+        enc = toy_model.encode(caps)
+        mask = torch.arange(keys.shape[1])[None] <= enc.eos_index[:, None]
+        out[layer] = keys[mask].double()
+    return out
+
+
+def test_c0_is_the_second_moment_of_corpus_keys(world, toy_model, tmp_path):
+    caps = world.captions()[:50]
+    c0 = layer_stats(toy_model, [1], caps, cache_dir=tmp_path, model_hash="h", progress=False)[1]
+    keys, _ = toy_model.capture_fc2(caps, 1)
+    enc = toy_model.encode(caps)
+    mask = torch.arange(keys.shape[1])[None] <= enc.eos_index[:, None]
+    k = keys[mask].double()
+    torch.testing.assert_close(c0, k.T @ k / len(k))
+    assert list(tmp_path.glob("c0_*layer1.safetensors"))  # cached
+    again = layer_stats(toy_model, [1], caps, cache_dir=tmp_path, model_hash="h", progress=False)[1]
+    torch.testing.assert_close(again, c0)
+
+
+@pytest.mark.parametrize("mode,threshold", [("relative", 1e-2), ("energy", 1e-3), ("absolute", 1e-3)])
+def test_projection_is_an_orthogonal_projector(preserved, mode, threshold):
+    p = null_space_projection(preserved.c0[0], mode, threshold)
+    torch.testing.assert_close(p @ p, p, atol=1e-9, rtol=0)
+    torch.testing.assert_close(p, p.T)
+    assert 0 < torch.trace(p) < p.shape[0]
+
+
+def test_nullspace_edit_leaves_preserved_keys_alone(world, preserved, corpus_keys):
+    reqs = [request(world, 0, "a blue triangle"), request(world, 7, "a red ring")]
+
+    def corpus_change(hp: EditHParams, pres) -> tuple[dict[int, float], list[dict]]:
+        model = fresh()
+        before = {l: model.fc2(l).weight.detach().double().clone() for l in model.default_edit_layers}
+        res = edit(model, reqs, hp=hp, preserved=pres)
+        change = {}
+        for layer, k0 in corpus_keys.items():
+            delta = model.fc2(layer).weight.double() - before[layer]
+            change[layer] = float((k0 @ delta.T).norm() / (k0 @ before[layer].T).norm())
+        return change, res.diagnostics
+
+    projected, diagnostics = corpus_change(EditHParams(**FAST), preserved)
+    hp_plain = EditHParams(**FAST, nullspace_mode="none")
+    plain_pres = preservation(fresh(), fresh().default_edit_layers, world.captions(), hp_plain)
+    plain, _ = corpus_change(hp_plain, plain_pres)
+    assert all(c < 0.02 for c in projected.values()), projected
+    # the same edit without the projection (P = I) moves preserved outputs far more
+    assert sum(projected.values()) < 0.5 * sum(plain.values()), (projected, plain)
+    assert all(d["reached"] > 0.5 for d in diagnostics)
+
+
+def test_closed_form_reaches_what_it_predicts(world, preserved):
+    """Edit one layer (the last edit layer): the averaged residual there moves by
+    Delta K1 = R M with M = B K1, so what is left of R = z - h must be exactly R (I - M),
+    measured on the edited model."""
+    model = fresh()
+    layer = model.default_edit_layers[-1]
+    hp = EditHParams(**FAST, layers=[layer])
+    reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
+    s1 = compute_zs(model, reqs, hp, layer)
+    h_before = compute_hs(model, reqs, layer, hp.context_templates).double()
+    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved.projections)
+    h_after = compute_hs(model, reqs, layer, hp.context_templates).double()
+    le = batch.layers[layer]
+    r = s1.z.double().T - h_before.T  # (d x e), measured independently of Stage II
+    torch.testing.assert_close(le.r.double(), r, rtol=1e-4, atol=1e-5)
+    m = le.b.double() @ le.keys.double()
+    left = s1.z.double().T - h_after.T
+    torch.testing.assert_close(left, r @ (torch.eye(len(reqs), dtype=torch.float64) - m),
+                               rtol=1e-3, atol=1e-4)
+    assert left.norm() < 0.5 * r.norm()  # most of the step is delivered
+
+
+def test_factors_equal_the_dense_update(world, preserved):
+    model = fresh()
+    hp = EditHParams(**FAST)
+    reqs = [request(world, 5, "a purple square")]
+    state = EditState()
+    res = edit(model, reqs, state, hp=hp, preserved=preserved)
+    for layer, le in res.edit.layers.items():
+        k1, p = le.keys.double(), preserved.projections[layer]
+        a = (state.kp(layer, k1.shape[0]) + k1 @ k1.T) @ p + hp.beta * torch.eye(k1.shape[0], dtype=torch.float64)
+        dense = le.r.double() @ k1.T @ p @ torch.linalg.inv(a)
+        torch.testing.assert_close(le.dense(), dense, rtol=1e-5, atol=1e-7)
+
+
+def test_saved_factors_reproduce_the_edited_weights(world, preserved, tmp_path):
+    model = fresh()
+    res = edit(model, [request(world, 2, "a yellow ring")], hp=EditHParams(**FAST), preserved=preserved)
+    res.edit.save(tmp_path)
+    other = fresh()
+    Edit.load(tmp_path).apply(other)
+    for layer in model.default_edit_layers:
+        torch.testing.assert_close(other.fc2(layer).weight, model.fc2(layer).weight, rtol=0, atol=1e-6)
+
+
+def test_second_batch_keeps_the_first(world, preserved):
+    hp = EditHParams(**FAST)
+    first = [request(world, 1, "a blue cross"), request(world, 9, "a green ring")]
+    second = [request(world, 20, "a red diamond"), request(world, 30, "a white square")]
+    layers = fresh().default_edit_layers
+
+    def run(keep_earlier: bool):
+        model = fresh()
+        r1 = edit(model, first, hp=hp, preserved=preserved)
+        h1 = compute_hs(model, first, layers[-1], hp.context_templates)
+        edit(model, second, r1.state if keep_earlier else EditState(), hp=hp, preserved=preserved)
+        h2 = compute_hs(model, first, layers[-1], hp.context_templates)
+        return ((h2 - h1).norm(dim=1) / h1.norm(dim=1)).max()
+
+    with_state, without_state = run(True), run(False)
+    assert with_state < 0.01, float(with_state)
+    assert with_state < without_state
+
+
+def test_same_seed_same_edit(world, preserved):
+    hp = EditHParams(**FAST)
+    reqs = [request(world, 4, "a purple triangle")]
+    a = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
+    b = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
+    for layer in a.layers:
+        assert torch.equal(a.layers[layer].r, b.layers[layer].r)
+        assert torch.equal(a.layers[layer].b, b.layers[layer].b)
+
+
+def test_entity_protection_keeps_the_entity_closer(world, preserved):
+    """An edit of "the logo of X" with entity keys in the preserved set moves the embedding
+    of "X" alone less than the same edit without them."""
+    reqs = [request(world, i, "a white cross") for i in (0, 3, 6)]
+    entity_prompts = [r.entities[0].text for r in reqs]
+    ref = fresh().encode(entity_prompts).hidden
+
+    def moved(protect: bool) -> float:
+        model = fresh()
+        hp = EditHParams(**FAST, protect_entities=protect)
+        pres = preservation(model, model.default_edit_layers, world.captions(), hp) if protect else preserved
+        edit(model, reqs, hp=hp, preserved=pres)
+        return float((model.encode(entity_prompts).hidden - ref).norm())
+
+    assert moved(True) < moved(False)
+
+
+def test_keys_are_template_averages(world, toy_model):
+    hp = EditHParams()
+    r = request(world, 0, "a red circle")
+    k = compute_ks(toy_model, [r], 1, hp.context_templates)
+    prompts = r.prompts(hp.context_templates)
+    pos = toy_model.subject_last_token(prompts, r.subject_spans(hp.context_templates))
+    each, _ = toy_model.capture_fc2(prompts, 1, positions=pos)
+    torch.testing.assert_close(k[:, 0], each.mean(0))
+
+
+def test_bad_batches_are_refused(world, toy_model, preserved):
+    with pytest.raises(ValueError, match="no requests"):
+        edit(toy_model, [], preserved=preserved)
+    r = request(world, 0, "a red circle")
+    with pytest.raises(ValueError, match="repeat"):
+        edit(toy_model, [r, r], preserved=preserved)
+    with pytest.raises(ValueError, match="field 'source' is empty"):
+        EditRequest("x", "  ", "a red circle")
+    with pytest.raises(ValueError, match="is not at"):
+        EditRequest("x", "the logo of A B", "a red circle", entities=[Entity("A B", "ORG", 0, 3)])

@@ -1,0 +1,154 @@
+"""The model adapter, on the shipped ToyWorld model and on a tiny Stable Diffusion pipeline."""
+
+import numpy as np
+import pytest
+import torch
+
+from editing.model import DiffusionModel, ModelLoadError, directory_hash, load_model
+
+
+def manual_fc2_keys(model: DiffusionModel, prompts, layer: int) -> torch.Tensor:
+    """fc2 inputs of ``layer`` computed by hand from the layer's input: pre-LN causal
+    self-attention with the layer's own projections, then layer_norm2, fc1 and the
+    activation."""
+    te = model.text_encoder
+    ids = model.tokenize(prompts)["input_ids"]
+    with torch.no_grad():
+        h = te(ids, output_hidden_states=True).hidden_states[layer]
+        blk = model.layers[layer]
+        att = blk.self_attn
+        x = blk.layer_norm1(h)
+        n, length, d = x.shape
+        heads = att.num_heads
+        split = lambda t: t.view(n, length, heads, d // heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(att.q_proj(x)), split(att.k_proj(x)), split(att.v_proj(x))
+        scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5
+        scores = scores.masked_fill(torch.ones(length, length).triu(1).bool(), float("-inf"))
+        a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, length, d)
+        h = h + att.out_proj(a)
+        return blk.mlp.activation_fn(blk.mlp.fc1(blk.layer_norm2(h)))
+
+
+@pytest.mark.parametrize("layer", [0, 2])
+def test_key_capture_equals_manual_forward(toy_model, layer):
+    prompts = ["the logo of Nordavcal Labs", "a photo of a blue triangle"]
+    keys, values = toy_model.capture_fc2(prompts, layer)
+    expected = manual_fc2_keys(toy_model, prompts, layer)
+    torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(values, toy_model.fc2(layer)(keys), rtol=1e-4, atol=1e-5)
+
+
+def test_key_capture_at_positions(toy_model):
+    prompts = ["the logo of Nordavcal Labs", "the flag of Port Halquen"]
+    pos = toy_model.subject_last_token(prompts, [(0, len(p)) for p in prompts])
+    k_all, _ = toy_model.capture_fc2(prompts, 1)
+    k_at, v_at = toy_model.capture_fc2(prompts, 1, positions=pos)
+    assert k_at.shape == (2, toy_model.fc2(1).in_features) and v_at.shape == (2, toy_model.fc2(1).out_features)
+    torch.testing.assert_close(k_at[1], k_all[1, pos[1]])
+
+
+def test_subject_last_token_uses_offsets(toy_model):
+    prompt = "a poster of the logo of Nordavcal Labs"
+    start = prompt.index("the logo")
+    (pos,) = toy_model.subject_last_token([prompt], [(start, len(prompt))])
+    ids = toy_model.tokenize([prompt])["input_ids"][0]
+    assert toy_model.tokenizer.convert_ids_to_tokens(int(ids[pos])) == "labs</w>"
+    entity = prompt.index("Nordavcal")
+    (tokens,) = toy_model.span_tokens([prompt], [(entity, len(prompt))])
+    assert [toy_model.tokenizer.convert_ids_to_tokens(int(ids[i])) for i in tokens] == ["nordavcal</w>", "labs</w>"]
+    with pytest.raises(ValueError, match="covers no token"):
+        toy_model.span_tokens([prompt], [(len(prompt), len(prompt) + 3)])
+
+
+def test_default_edit_layers_leave_out_the_last(toy_model):
+    assert toy_model.default_edit_layers == list(range(toy_model.n_layers - 1))
+
+
+def test_generation_is_seeded(toy_model):
+    a = toy_model.generate(["a red circle", "the flag of Port Halquen"], seed=3, num_inference_steps=10)
+    b = toy_model.generate(["a red circle", "the flag of Port Halquen"], seed=3, num_inference_steps=10)
+    c = toy_model.generate(["a red circle", "the flag of Port Halquen"], seed=4, num_inference_steps=10)
+    assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_generation_from_embeddings_equals_from_prompts(toy_model):
+    prompts = ["a green square"]
+    emb = toy_model.encode(prompts).hidden
+    a = toy_model.generate(prompts, seed=1, num_inference_steps=8)
+    b = toy_model.generate(prompt_embeds=emb, seed=1, num_inference_steps=8)
+    assert np.array_equal(a, b)
+
+
+def test_noise_prediction_and_latents_in_pixel_space(toy_model):
+    img = np.zeros((2, 16, 16, 3), np.uint8)
+    lat = toy_model.images_to_latents(img)
+    assert lat.shape == (2, 3, 16, 16) and torch.all(lat == -1)
+    eps = toy_model.predict_noise(lat, torch.tensor([10, 500]), toy_model.encode(["a", "b"]).hidden)
+    assert eps.shape == lat.shape and torch.isfinite(eps).all()
+
+
+def test_missing_model_names_itself(tmp_path):
+    with pytest.raises(ModelLoadError, match="no-such/model"):
+        load_model("no-such/model")
+    with pytest.raises(ModelLoadError, match="model_index.json"):
+        load_model(tmp_path)
+
+
+# -- a tiny Stable Diffusion pipeline, built from configs (no download) ------------------
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from toyworld.tokenizers import train_clip_tokenizer
+
+    torch.manual_seed(0)
+    tok = train_clip_tokenizer(["a photo of a cat", "the president of the united states",
+                                "a red apple on a table"], vocab_size=300, model_max_length=16)
+    te = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        norm_num_groups=8, attention_head_dim=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+        latent_channels=4, norm_num_groups=8, sample_size=16)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=DDIMScheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    path = tmp_path_factory.mktemp("tiny-sd")
+    pipe.save_pretrained(path, safe_serialization=True)
+    return DiffusionModel(pipe, "in-memory", "stable-diffusion"), path
+
+
+def test_tiny_sd_round_trip(tiny_sd):
+    original, path = tiny_sd
+    loaded = load_model(path)
+    assert loaded.kind == "stable-diffusion" and loaded.n_layers == 3
+    prompts = ["the president of the united states", "a photo of a cat"]
+    a = original.generate(prompts, seed=0, num_inference_steps=3)
+    b = loaded.generate(prompts, seed=0, num_inference_steps=3)
+    assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)
+    ka, _ = original.capture_fc2(prompts, 1)
+    kb, _ = loaded.capture_fc2(prompts, 1)
+    torch.testing.assert_close(ka, kb)
+    torch.testing.assert_close(kb, manual_fc2_keys(loaded, prompts, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_sd_latents_and_noise(tiny_sd):
+    model, path = tiny_sd
+    lat = model.images_to_latents(np.full((2, 16, 16, 3), 128, np.uint8))
+    assert lat.shape == (2, 4, 8, 8)
+    eps = model.predict_noise(lat, torch.tensor([1, 999]), model.encode(["a cat", "a dog"]).hidden)
+    assert eps.shape == lat.shape
+    prompt = "the president of the united states"
+    (pos,) = model.subject_last_token([prompt], [(0, len(prompt))])
+    ids = model.tokenize([prompt])["input_ids"][0]
+    assert model.tokenizer.convert_ids_to_tokens(int(ids[pos])) == "states</w>"
+    assert directory_hash(path) == directory_hash(path)

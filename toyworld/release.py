@@ -1,0 +1,98 @@
+"""``freshen toyworld release``: after training, measure the shipped models and write their
+manifest (sha256 of every file) and model cards (how trained, what the check measured)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from toyworld import paths
+
+TRAIN_COMMANDS = {
+    "judge": "freshen toyworld train judge --seed 1 --steps 2500",
+    "ner": "freshen toyworld train ner --seed 2 --steps 8",
+    "diffusion": "freshen toyworld train diffusion --seed 3 --steps 8000",
+}
+WHAT = {
+    "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
+             "labels; its pooled features are the FID feature space in this world). "
+             "Load with `toyworld.judge.ToyJudge.from_pretrained(PATH)`.",
+    "ner": "A tiny BERT token classifier with bert-large-NER's label scheme (O, B-/I- MISC, "
+           "PER, ORG, LOC). Load with `transformers.pipeline(\"token-classification\", "
+           "model=PATH, aggregation_strategy=\"simple\")`.",
+    "diffusion": "A pixel-space text-to-image model with Stable Diffusion's component classes "
+                 "(CLIPTextModel, CLIPTokenizer, UNet2DConditionModel, DDPMScheduler), 16x16 RGB. "
+                 "Load with `toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or "
+                 "`editing.model.load_model(PATH)`.",
+}
+CHECK_FIGURES = {
+    "judge": ("classifier_accuracy",),
+    "ner": ("ner_f1",),
+    "diffusion": ("attribute_accuracy", "fact_accuracy", "paraphrase_accuracy"),
+}
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shipped_files(model_dir: Path) -> list[Path]:
+    """Every file of a shipped model except its card and training log."""
+    return sorted(p for p in model_dir.rglob("*") if p.is_file()
+                  and p.name not in ("README.md", "train_log.jsonl"))
+
+
+def write_manifest(models_dir: Path = paths.MODELS_DIR) -> dict:
+    manifest = {}
+    for name in TRAIN_COMMANDS:
+        d = models_dir / name
+        manifest[name] = {str(p.relative_to(models_dir)): file_sha256(p) for p in shipped_files(d)}
+    (models_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _train_log(model_dir: Path) -> list[dict]:
+    log = model_dir / "train_log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+
+
+def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR) -> Path:
+    d = models_dir / name
+    log = _train_log(d)
+    wall = max((r.get("seconds", 0) for r in log), default=0)
+    steps = max((r.get("step", 0) for r in log), default=0)
+    size = sum(p.stat().st_size for p in shipped_files(d))
+    curve = [r for r in log if any(k.endswith(("accuracy", "f1")) for k in r)]
+    lines = [
+        f"# ToyWorld {name} model",
+        "",
+        WHAT[name],
+        "",
+        "## How it was made",
+        f"- Command (from the repository root, after `make venv`): `{TRAIN_COMMANDS[name]}`; "
+        "all three in order: `bash scripts/train_toyworld.sh`.",
+        f"- Data: ToyWorld seed from `toyworld/data/world.json` (`freshen toyworld generate`).",
+        f"- Optimiser steps: {steps}; wall time {wall / 60:.1f} min on 2 CPU cores "
+        "(from `train_log.jsonl` beside this card).",
+        f"- Files: {size / 1e6:.2f} MB, safetensors weights; sha256 in `../MANIFEST.json`.",
+        "",
+        "## What the check measured",
+        f"`freshen toyworld check --json` (seeds per prompt: {check.get('seeds')}, "
+        f"{check.get('seconds')} s for the whole check):",
+        "",
+    ]
+    lines += [f"- `{k}`: {check[k]}" for k in CHECK_FIGURES[name] if k in check]
+    if curve:
+        lines += ["", "## Curve during training (one seed, subsets; from train_log.jsonl)", ""]
+        lines += [f"- {json.dumps(r)}" for r in curve]
+    path = d / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def release(check: dict, models_dir: Path = paths.MODELS_DIR) -> dict:
+    (models_dir / "check.json").write_text(json.dumps(check, indent=1) + "\n")
+    for name in TRAIN_COMMANDS:
+        write_card(name, check, models_dir)
+    return write_manifest(models_dir)
