@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint check clean
+.PHONY: venv demo test lint check clean bench-edit bench-speed
 
 venv: $(STAMP)
 
@@ -30,6 +30,13 @@ lint: venv
 
 check: venv
 	$(BIN)/freshen toyworld check
+
+# Benchmarks (slow; not part of make test). Results land in bench/results/.
+bench-edit: venv
+	$(BIN)/python -m bench.edit_quality
+
+bench-speed: venv
+	$(BIN)/python -m bench.edit_speed
 
 clean:
 	rm -rf var .pytest_cache

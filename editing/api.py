@@ -63,7 +63,7 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     ``preserved`` (C0 and P) is computed from ``captions`` when not given; compute it once
     per base model and pass it to every batch.
     """
-    hp = hp or EditHParams()
+    hp = hp or EditHParams.preset(model.kind)
     state = state or EditState()
     if not requests:
         raise ValueError("edit: the batch has no requests")

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
 NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
 
@@ -62,6 +63,15 @@ class EditHParams:
         if unknown:
             raise ValueError(f"unknown edit hyperparameters: {sorted(unknown)}")
         return cls(**d)
+
+    @classmethod
+    def preset(cls, kind: str, **overrides) -> EditHParams:
+        """The tuned defaults for a kind of model ("toyworld", "stable-diffusion"):
+        ``editing/presets/<kind>.json``, with ``overrides`` on top."""
+        path = PRESETS / f"{kind}.json"
+        if not path.exists():
+            raise ValueError(f"no edit preset for model kind {kind!r} (looked for {path})")
+        return cls.from_json({**json.loads(path.read_text()), **overrides})
 
     @classmethod
     def load(cls, path: Path) -> EditHParams:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -26,41 +25,57 @@ def _subject_batch(model: DiffusionModel, requests: Sequence[EditRequest],
     return prompts, model.subject_last_token(prompts, spans)
 
 
+class _Enough(Exception):
+    """Raised by a hook once every wanted state is captured: the layers above are skipped."""
+
+
 @torch.no_grad()
+def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templates: list[str],
+                   key_layer: int | None = None, out_layer: int | None = None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One forward pass for both quantities Stage II needs at each layer:
+    K1 (d_k x e), fc2 input of ``key_layer`` at each subject's last token, and
+    h (e x d), the residual stream leaving ``out_layer`` there; both averaged over the
+    context templates. The pass stops at the highest layer needed."""
+    prompts, pos = _subject_batch(model, requests, templates)
+    rows, idx = torch.arange(len(prompts)), torch.as_tensor(pos)
+    got: dict[str, torch.Tensor] = {}
+    wanted = {n for n, l in (("k", key_layer), ("h", out_layer)) if l is not None}
+
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        got[name] = tensor[rows, idx].view(len(requests), len(templates), -1).mean(1)
+        if wanted <= got.keys():
+            raise _Enough
+
+    handles = []
+    if key_layer is not None:
+        handles.append(model.fc2(key_layer).register_forward_hook(lambda _m, inp, _o: keep("k", inp[0])))
+    if out_layer is not None:
+        handles.append(model.layers[out_layer].register_forward_hook(
+            lambda _m, _i, out: keep("h", out[0] if isinstance(out, tuple) else out)))
+    try:
+        model.encode(prompts, pad_to_max=False)
+    except _Enough:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    k = got["k"].T if "k" in got else None
+    return k, got.get("h")
+
+
 def compute_ks(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
                templates: list[str]) -> torch.Tensor:
     """K1 (d_k x e): fc2 input of ``layer`` at each subject's last token, averaged over the
     context templates."""
-    prompts, pos = _subject_batch(model, requests, templates)
-    keys, _ = model.capture_fc2(prompts, layer, positions=pos)
-    return keys.view(len(requests), len(templates), -1).mean(1).T
+    return subject_states(model, requests, templates, key_layer=layer)[0]
 
 
-@contextmanager
-def capturing_layer_output(model: DiffusionModel, layer: int) -> Iterator[dict]:
-    """Records the residual stream leaving encoder layer ``layer``."""
-    got: dict = {}
-
-    def hook(_m, _inp, out):
-        got["out"] = (out[0] if isinstance(out, tuple) else out).detach()
-
-    handle = model.layers[layer].register_forward_hook(hook)
-    try:
-        yield got
-    finally:
-        handle.remove()
-
-
-@torch.no_grad()
 def compute_hs(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
                templates: list[str]) -> torch.Tensor:
     """h (e x d): residual stream after ``layer`` at each subject's last token, averaged over
     the context templates."""
-    prompts, pos = _subject_batch(model, requests, templates)
-    with capturing_layer_output(model, layer) as got:
-        model.encode(prompts)
-    h = got["out"][torch.arange(len(prompts)), torch.as_tensor(pos)]
-    return h.view(len(requests), len(templates), -1).mean(1)
+    return subject_states(model, requests, templates, out_layer=layer)[1]
 
 
 @torch.no_grad()
@@ -100,7 +115,7 @@ def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence
     try:
         chunks = range(0, len(captions), batch_size)
         for i in tqdm(chunks, desc="C0 statistics", unit="batch", disable=not progress):
-            enc = model.encode(list(captions[i:i + batch_size]))
+            enc = model.encode(list(captions[i:i + batch_size]), pad_to_max=False)
             # every token up to and including the first [EOS] (the rest is padding)
             length = enc.input_ids.shape[1]
             mask = torch.arange(length)[None, :] <= enc.eos_index[:, None].cpu()

@@ -97,8 +97,12 @@ class DiffusionModel:
         return self.tokenizer.model_max_length
 
     # -- tokens --------------------------------------------------------------
-    def tokenize(self, prompts: Sequence[str], offsets: bool = False):
-        return self.tokenizer(list(prompts), padding="max_length", truncation=True,
+    def tokenize(self, prompts: Sequence[str], offsets: bool = False, pad_to_max: bool = True):
+        """Token ids padded to the encoder's length (what the U-Net is conditioned on) or,
+        with ``pad_to_max=False``, to the longest prompt: the text encoder is causal, so
+        every state up to [EOS] is the same either way, and short batches are cheaper."""
+        return self.tokenizer(list(prompts), padding="max_length" if pad_to_max else "longest",
+                              truncation=True,
                               max_length=self.max_length, return_tensors="pt",
                               return_offsets_mapping=offsets)
 
@@ -125,9 +129,10 @@ class DiffusionModel:
         return [pos[-1] for pos in self.span_tokens(prompts, spans)]
 
     # -- text encoder --------------------------------------------------------
-    def encode(self, prompts: Sequence[str] | None = None, input_ids: torch.Tensor | None = None) -> Encoding:
+    def encode(self, prompts: Sequence[str] | None = None, input_ids: torch.Tensor | None = None,
+               pad_to_max: bool = True) -> Encoding:
         if input_ids is None:
-            input_ids = self.tokenize(prompts)["input_ids"]
+            input_ids = self.tokenize(prompts, pad_to_max=pad_to_max)["input_ids"]
         input_ids = input_ids.to(self.device)
         out = self.text_encoder(input_ids)
         eos = (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
@@ -155,7 +160,7 @@ class DiffusionModel:
         """fc2 keys (n, L, d_k) and values (n, L, d) of ``layer`` for every token, or at one
         position per prompt ((n, d_k), (n, d)) when ``positions`` is given."""
         with self.capturing_fc2(layer) as got:
-            self.encode(prompts)
+            self.encode(prompts, pad_to_max=False)
         keys, values = got["keys"], got["values"]
         if positions is not None:
             rows = torch.arange(len(prompts))
@@ -181,6 +186,17 @@ class DiffusionModel:
                            generator=g, num_inference_steps=num_inference_steps,
                            guidance_scale=guidance_scale, output_type="np").images
         return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+    def generate_many(self, prompts: Sequence[str], seed: int = 0, batch_size: int = 96,
+                      progress: bool = False, **kw) -> np.ndarray:
+        """``generate`` in fixed chunks; chunk i is seeded with (seed, i), so the same call
+        always gives the same images whatever else runs."""
+        from tqdm.auto import tqdm
+
+        out = [self.generate(prompts[i:i + batch_size], seed=seed * 100_003 + i // batch_size, **kw)
+               for i in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch",
+                             disable=not progress)]
+        return np.concatenate(out) if out else np.zeros((0, 16, 16, 3), np.uint8)
 
     def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor,
                       embeds: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import compute_entity_ks, compute_hs, compute_ks
+from editing.keys import compute_entity_ks, subject_states
 from editing.model import DiffusionModel
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
@@ -55,8 +55,8 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     entities = sorted({e.text for r in requests for e in r.entities})
     out: dict[int, LayerEdit] = {}
     for i, layer in enumerate(layers):
-        k1 = compute_ks(model, requests, layer, templates).double()
-        cur = compute_hs(model, requests, last, templates).double()
+        k1, cur = subject_states(model, requests, templates, key_layer=layer, out_layer=last)
+        k1, cur = k1.double(), cur.double()
         r = ((zs.double() - cur) / (len(layers) - i)).T
         p = None
         if hp.method == "nullspace":

@@ -37,7 +37,10 @@ def _toyworld_train(args: argparse.Namespace) -> int:
     elif args.model == "ner":
         result = train.train_ner(world, out or paths.NER_DIR, **kw)
     else:
-        result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR, **kw)
+        if args.lr is not None:
+            kw["lr"] = args.lr
+        result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR,
+                                       init_from=args.init_from, attribute_weight=args.attribute_weight, **kw)
     print(json.dumps(result))
     return 0
 
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="steps (epochs for ner)")
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--out", type=Path, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (diffusion)")
+    t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
+    t.add_argument("--attribute-weight", type=float, default=1.0,
+                   help="how much more often attribute prompts are drawn (diffusion)")
     t.set_defaults(func=_toyworld_train)
     c = tws.add_parser("check", help="measure the shipped models on held-out prompts")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -137,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.seed = DEFAULT_SEED if args.seed is None else args.seed
         args.out = (args.out or paths.DATA_DIR).resolve()
-    return args.func(args)
+    from editing.model import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (ValueError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"freshen: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
             r["entities"] = [e.__dict__ for e in ents]
     requests = [EditRequest(r["id"], r["source"], r["target"],
                             entities=[Entity(**e) for e in r["entities"]]) for r in rows]
-    hp = EditHParams.load(hparams) if hparams else EditHParams(seed=settings.seed)
+    hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.kind, seed=settings.seed)
     t0 = time.time()
     result = edit(model, requests, hp=hp, captions=corpus, cache_dir=settings.home / "cache",
                   model_hash=model.base_hash, progress=True)

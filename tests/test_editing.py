@@ -7,9 +7,9 @@ from editing.api import edit, preservation
 from editing.hparams import EditHParams
 from editing.keys import compute_hs, compute_ks, layer_stats, null_space_projection
 from editing.model import load_model
+from editing.requests import EditRequest, Entity
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
-from editing.requests import EditRequest, Entity
 from editing.state import Edit, EditState
 from toyworld.paths import DIFFUSION_DIR
 
@@ -28,7 +28,7 @@ def request(world, i: int, target: str, with_entity: bool = True) -> EditRequest
 
 @pytest.fixture(scope="module")
 def preserved(world, toy_model):
-    hp = EditHParams(**FAST)
+    hp = EditHParams.preset("toyworld", **FAST)
     return preservation(toy_model, toy_model.default_edit_layers, world.captions(), hp)
 
 
@@ -39,7 +39,7 @@ def corpus_keys(world, toy_model):
     out = {}
     for layer in toy_model.default_edit_layers:
         keys, _ = toy_model.capture_fc2(caps, layer)
-        enc = toy_model.encode(caps)
+        enc = toy_model.encode(caps, pad_to_max=False)
         mask = torch.arange(keys.shape[1])[None] <= enc.eos_index[:, None]
         out[layer] = keys[mask].double()
     return out
@@ -49,7 +49,7 @@ def test_c0_is_the_second_moment_of_corpus_keys(world, toy_model, tmp_path):
     caps = world.captions()[:50]
     c0 = layer_stats(toy_model, [1], caps, cache_dir=tmp_path, model_hash="h", progress=False)[1]
     keys, _ = toy_model.capture_fc2(caps, 1)
-    enc = toy_model.encode(caps)
+    enc = toy_model.encode(caps, pad_to_max=False)
     mask = torch.arange(keys.shape[1])[None] <= enc.eos_index[:, None]
     k = keys[mask].double()
     torch.testing.assert_close(c0, k.T @ k / len(k))
@@ -79,8 +79,8 @@ def test_nullspace_edit_leaves_preserved_keys_alone(world, preserved, corpus_key
             change[layer] = float((k0 @ delta.T).norm() / (k0 @ before[layer].T).norm())
         return change, res.diagnostics
 
-    projected, diagnostics = corpus_change(EditHParams(**FAST), preserved)
-    hp_plain = EditHParams(**FAST, nullspace_mode="none")
+    projected, diagnostics = corpus_change(EditHParams.preset("toyworld", **FAST), preserved)
+    hp_plain = EditHParams.preset("toyworld", **FAST, nullspace_mode="none")
     plain_pres = preservation(fresh(), fresh().default_edit_layers, world.captions(), hp_plain)
     plain, _ = corpus_change(hp_plain, plain_pres)
     assert all(c < 0.02 for c in projected.values()), projected
@@ -95,7 +95,7 @@ def test_closed_form_reaches_what_it_predicts(world, preserved):
     measured on the edited model."""
     model = fresh()
     layer = model.default_edit_layers[-1]
-    hp = EditHParams(**FAST, layers=[layer])
+    hp = EditHParams.preset("toyworld", **FAST, layers=[layer])
     reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
     s1 = compute_zs(model, reqs, hp, layer)
     h_before = compute_hs(model, reqs, layer, hp.context_templates).double()
@@ -113,7 +113,7 @@ def test_closed_form_reaches_what_it_predicts(world, preserved):
 
 def test_factors_equal_the_dense_update(world, preserved):
     model = fresh()
-    hp = EditHParams(**FAST)
+    hp = EditHParams.preset("toyworld", **FAST)
     reqs = [request(world, 5, "a purple square")]
     state = EditState()
     res = edit(model, reqs, state, hp=hp, preserved=preserved)
@@ -126,7 +126,8 @@ def test_factors_equal_the_dense_update(world, preserved):
 
 def test_saved_factors_reproduce_the_edited_weights(world, preserved, tmp_path):
     model = fresh()
-    res = edit(model, [request(world, 2, "a yellow ring")], hp=EditHParams(**FAST), preserved=preserved)
+    hp = EditHParams.preset("toyworld", **FAST)
+    res = edit(model, [request(world, 2, "a yellow ring")], hp=hp, preserved=preserved)
     res.edit.save(tmp_path)
     other = fresh()
     Edit.load(tmp_path).apply(other)
@@ -135,26 +136,28 @@ def test_saved_factors_reproduce_the_edited_weights(world, preserved, tmp_path):
 
 
 def test_second_batch_keeps_the_first(world, preserved):
-    hp = EditHParams(**FAST)
+    hp = EditHParams.preset("toyworld", **FAST)
     first = [request(world, 1, "a blue cross"), request(world, 9, "a green ring")]
     second = [request(world, 20, "a red diamond"), request(world, 30, "a white square")]
     layers = fresh().default_edit_layers
 
     def run(keep_earlier: bool):
         model = fresh()
+        h0 = compute_hs(model, first, layers[-1], hp.context_templates)
         r1 = edit(model, first, hp=hp, preserved=preserved)
         h1 = compute_hs(model, first, layers[-1], hp.context_templates)
         edit(model, second, r1.state if keep_earlier else EditState(), hp=hp, preserved=preserved)
         h2 = compute_hs(model, first, layers[-1], hp.context_templates)
-        return ((h2 - h1).norm(dim=1) / h1.norm(dim=1)).max()
+        # how far batch 2 moved batch 1's edited states, relative to how far batch 1 moved them
+        return ((h2 - h1).norm(dim=1) / (h1 - h0).norm(dim=1)).max()
 
     with_state, without_state = run(True), run(False)
-    assert with_state < 0.01, float(with_state)
+    assert with_state < 0.1, float(with_state)
     assert with_state < without_state
 
 
 def test_same_seed_same_edit(world, preserved):
-    hp = EditHParams(**FAST)
+    hp = EditHParams.preset("toyworld", **FAST)
     reqs = [request(world, 4, "a purple triangle")]
     a = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
     b = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
@@ -172,7 +175,7 @@ def test_entity_protection_keeps_the_entity_closer(world, preserved):
 
     def moved(protect: bool) -> float:
         model = fresh()
-        hp = EditHParams(**FAST, protect_entities=protect)
+        hp = EditHParams.preset("toyworld", **FAST, protect_entities=protect)
         pres = preservation(model, model.default_edit_layers, world.captions(), hp) if protect else preserved
         edit(model, reqs, hp=hp, preserved=pres)
         return float((model.encode(entity_prompts).hidden - ref).norm())
@@ -200,3 +203,18 @@ def test_bad_batches_are_refused(world, toy_model, preserved):
         EditRequest("x", "  ", "a red circle")
     with pytest.raises(ValueError, match="is not at"):
         EditRequest("x", "the logo of A B", "a red circle", entities=[Entity("A B", "ORG", 0, 3)])
+
+
+def test_hparams_presets_and_json(tmp_path):
+    hp = EditHParams.preset("toyworld", steps=7)
+    assert hp.steps == 7 and hp.method == "nullspace"
+    hp.save(tmp_path / "hp.json")
+    assert EditHParams.load(tmp_path / "hp.json") == hp
+    sd = EditHParams.preset("stable-diffusion")
+    assert (sd.lr, sd.lambda_txt, sd.alpha_e, sd.beta) == (0.2, 0.01, 0.11, 1.0)  # the papers' defaults
+    with pytest.raises(ValueError, match="no edit preset"):
+        EditHParams.preset("sdxl")
+    with pytest.raises(ValueError, match="unknown edit hyperparameters"):
+        EditHParams.from_json({"stepz": 3})
+    with pytest.raises(ValueError, match="nullspace_mode"):
+        EditHParams(nullspace_mode="magic")

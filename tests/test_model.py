@@ -12,7 +12,7 @@ def manual_fc2_keys(model: DiffusionModel, prompts, layer: int) -> torch.Tensor:
     self-attention with the layer's own projections, then layer_norm2, fc1 and the
     activation."""
     te = model.text_encoder
-    ids = model.tokenize(prompts)["input_ids"]
+    ids = model.tokenize(prompts, pad_to_max=False)["input_ids"]
     with torch.no_grad():
         h = te(ids, output_hidden_states=True).hidden_states[layer]
         blk = model.layers[layer]

@@ -72,7 +72,7 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR) -> P
         "## How it was made",
         f"- Command (from the repository root, after `make venv`): `{TRAIN_COMMANDS[name]}`; "
         "all three in order: `bash scripts/train_toyworld.sh`.",
-        f"- Data: ToyWorld seed from `toyworld/data/world.json` (`freshen toyworld generate`).",
+        "- Data: ToyWorld seed from `toyworld/data/world.json` (`freshen toyworld generate`).",
         f"- Optimiser steps: {steps}; wall time {wall / 60:.1f} min on 2 CPU cores "
         "(from `train_log.jsonl` beside this card).",
         f"- Files: {size / 1e6:.2f} MB, safetensors weights; sha256 in `../MANIFEST.json`.",

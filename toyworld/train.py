@@ -37,13 +37,19 @@ log = logging.getLogger(__name__)
 class _Log:
     """Appends one JSON object per line to ``path`` and mirrors it to the logger."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "w")
+        earlier = [json.loads(x) for x in path.read_text().splitlines() if x] if append and path.exists() else []
+        self.fh = open(path, "a" if append else "w")
+        # a continued run counts on from where the earlier one stopped
+        self.t_offset = max((r.get("seconds", 0) for r in earlier), default=0)
+        self.step_offset = max((r.get("step", 0) for r in earlier), default=0)
         self.t0 = time.time()
 
     def __call__(self, **row) -> None:
-        row = {"seconds": round(time.time() - self.t0, 1), **row}
+        row = {"seconds": round(self.t_offset + time.time() - self.t0, 1), **row}
+        if "step" in row:
+            row["step"] += self.step_offset
         self.fh.write(json.dumps(row) + "\n")
         self.fh.flush()
         log.info(json.dumps(row))
@@ -118,6 +124,10 @@ def bio_labels(offsets: list[tuple[int, int]], spans: list[dict]) -> list[int]:
     return out
 
 
+def _pad(row: list[int], value: int, width: int) -> list[int]:
+    return row + [value] * (width - len(row))
+
+
 def train_ner(world: World, out: Path, epochs: int = 6, batch_size: int = 32, seed: int = 2,
               lr: float = 1e-3) -> dict:
     from transformers import BertConfig, BertForTokenClassification
@@ -146,8 +156,8 @@ def train_ner(world: World, out: Path, epochs: int = 6, batch_size: int = 32, se
         for i in range(0, len(order) - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
             width = max(len(enc["input_ids"][j]) for j in idx)
-            ids = torch.tensor([enc["input_ids"][j] + [tok.pad_token_id] * (width - len(enc["input_ids"][j])) for j in idx])
-            lab = torch.tensor([labels[j] + [-100] * (width - len(labels[j])) for j in idx])
+            ids = torch.tensor([_pad(enc["input_ids"][j], tok.pad_token_id, width) for j in idx])
+            lab = torch.tensor([_pad(labels[j], -100, width) for j in idx])
             loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=lab).loss
             opt.zero_grad()
             loss.backward()
@@ -176,18 +186,32 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int = 64,
                     seed: int = 3, lr: float = 2e-3, ema_decay: float = 0.995,
                     caption_dropout: float = 0.1, eval_every: int = 1000,
-                    judge_dir: Path | None = None) -> dict:
-    """Joint training from scratch of text encoder and U-Net on the world's prompts.
+                    judge_dir: Path | None = None, init_from: Path | None = None,
+                    attribute_weight: float = 1.0) -> dict:
+    """Joint training from scratch of text encoder and U-Net on the world's prompts, or a
+    continued run from the pipeline saved in ``init_from`` (a new one-cycle schedule).
 
     Recipe (DESIGN.md): one-cycle LR (5% warm-up), EMA of the weights (sampled from),
-    caption dropout for classifier-free guidance, squaredcos betas.
+    caption dropout for classifier-free guidance, squaredcos betas. ``attribute_weight``
+    draws attribute prompts ("a red circle") that many times more often than facts.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    tokenizer = train_clip_tokenizer(world.captions(), vocab_size=1000, model_max_length=32)
-    text_encoder, unet, scheduler = build_text_encoder(tokenizer), build_unet(), build_scheduler()
+    if init_from is not None:
+        start = ToyDiffusionPipeline.from_pretrained(init_from)
+        tokenizer, text_encoder, unet = start.tokenizer, start.text_encoder, start.unet
+        text_encoder.train().requires_grad_(True)
+        unet.train().requires_grad_(True)
+    else:
+        tokenizer = train_clip_tokenizer(world.captions(), vocab_size=1000, model_max_length=32)
+        text_encoder, unet = build_text_encoder(tokenizer), build_unet()
+    scheduler = build_scheduler()
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     pairs = world.training_prompts()
+    attribute_prompts = {p for p, _ in world.attribute_prompts()}
+    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts) else 1.0
+                        for p, _ in pairs])
+    weights /= weights.sum()
     visual_index = {v: i for i, v in enumerate(world.visuals)}
     pair_visual = torch.tensor([visual_index[v] for _, v in pairs])
     tok = lambda ps: tokenizer(ps, padding="max_length", truncation=True,  # noqa: E731
@@ -198,10 +222,10 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     judge = ToyJudge.from_pretrained(judge_dir).eval() if judge_dir else None
-    logger = _Log(out / "train_log.jsonl")
+    logger = _Log(out / "train_log.jsonl", append=init_from is not None)
     result: dict = {}
     for step in range(1, steps + 1):
-        idx = torch.as_tensor(rng.integers(len(pairs), size=batch_size))
+        idx = torch.as_tensor(rng.choice(len(pairs), size=batch_size, p=weights))
         ids = pair_ids[idx].clone()
         ids[torch.as_tensor(rng.random(batch_size) < caption_dropout)] = empty_ids
         x0 = bank[pair_visual[idx], torch.as_tensor(rng.integers(bank.shape[1], size=batch_size))]
@@ -227,5 +251,6 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
 
                 result = quick_accuracy(pipe, judge, world, seed=seed)
                 logger(step=step, **result)
-    return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
-            "ema_decay": ema_decay, "caption_dropout": caption_dropout, **result}
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
+            "caption_dropout": caption_dropout, "attribute_weight": attribute_weight,
+            "init_from": str(init_from) if init_from else None, **result}

@@ -1,0 +1,170 @@
+"""``make bench-edit``: edit quality at 10, 100 and 1000 sequential edits on ToyWorld.
+
+For each method (the main null-space + entity-alignment method and its baselines) and each
+edit count n, a seeded stream of n fact changes (fact -> a new visual) is applied in
+sequential batches; a fact changed twice must end at its latest target. Then efficacy,
+generality, specificity (same-entity other relations, entity alone, unrelated) are judged
+by the shipped judge, next to the unedited model's, and FID in the judge's feature space.
+
+    python -m bench.edit_quality [--sizes 10,100,1000] [--batch 50] [--steps 200]
+
+Writes bench/results/edit_quality.json and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from editing.api import edit, preservation
+from editing.hparams import EditHParams
+from editing.model import load_model
+from editing.requests import EditRequest, Entity
+from editing.state import EditState
+from toyworld.judge import ToyJudge
+from toyworld.paths import DATA_DIR, DIFFUSION_DIR, JUDGE_DIR
+from toyworld.world import SELF, Visual, World
+from validation.toyworld_eval import (
+    Probe,
+    clean_renders,
+    fid,
+    judged,
+    probes_for,
+    score,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+METHODS = {
+    "nullspace+entity": dict(),
+    "nullspace+entity+protect": dict(protect_entities=True),
+    "nullspace": dict(alpha_e=0.0),
+    "emcid-alpha": dict(method="emcid"),
+    "no-nullspace": dict(nullspace_mode="none"),
+}
+
+
+def edit_stream(world: World, n: int, seed: int) -> list[tuple[str, Visual]]:
+    """n (fact id, new visual) changes; relations only (the entity alone is kept for
+    specificity); each change differs from the fact's visual at that point."""
+    rng = random.Random(seed)
+    facts = [f for f in world.facts if f.relation != SELF]
+    current = {f.id: f.visual for f in facts}
+    out = []
+    for _ in range(n):
+        f = rng.choice(facts)
+        v = rng.choice([v for v in world.visuals if v != current[f.id]])
+        current[f.id] = v
+        out.append((f.id, v))
+    return out
+
+
+def batches(stream: list[tuple[str, Visual]], size: int) -> list[list[tuple[str, Visual]]]:
+    """Consecutive batches of at most ``size`` changes, each fact at most once per batch
+    (a repeated fact starts a new batch, so the order of changes is kept)."""
+    out: list[list[tuple[str, Visual]]] = [[]]
+    for fact_id, v in stream:
+        if len(out[-1]) >= size or any(fact_id == g for g, _ in out[-1]):
+            out.append([])
+        out[-1].append((fact_id, v))
+    return out
+
+
+def requests_for(world: World, batch: list[tuple[str, Visual]]) -> list[EditRequest]:
+    by_id = {f.id: f for f in world.facts}
+    kinds = {e.name: e.kind for e in world.entities}
+    reqs = []
+    for fact_id, v in batch:
+        f = by_id[fact_id]
+        start = f.prompt.index(f.entity)
+        reqs.append(EditRequest(fact_id, f.prompt, v.prompt, entities=[
+            Entity(f.entity, kinds[f.entity], start, start + len(f.entity))]))
+    return reqs
+
+
+def evaluate(model, judge, world: World, current: dict[str, Visual], seeds: int) -> tuple[dict, list]:
+    probes = probes_for(world, current)
+    probes += [Probe(p, "specificity_unrelated", "attribute", v) for p, v in world.attribute_prompts()]
+    images, labels = judged(model, judge, [p.prompt for p in probes], seeds)
+    return score(probes, labels, seeds), images
+
+
+def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
+        seed: int = 0) -> dict:
+    world = World.read(DATA_DIR)
+    judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
+    base = load_model(DIFFUSION_DIR)
+    attr_prompts = [p for p, _ in world.attribute_prompts()]
+    fid_seeds = 8
+    renders = clean_renders([v for _, v in world.attribute_prompts()], fid_seeds)
+    base_attr = base.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
+    fid_base = fid(judge, renders, base_attr)
+    results: dict = {"config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
+                                "seeds": seeds, "seed": seed}, "methods": {}}
+    for name in methods:
+        hp = EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name])
+        model = load_model(DIFFUSION_DIR)
+        pres = preservation(model, model.default_edit_layers, world.captions(), hp)
+        state, done, t1, t2 = EditState(), 0, 0.0, 0.0
+        current: dict[str, Visual] = {}
+        stream = edit_stream(world, max(sizes), seed)
+        per_size = {}
+        for n in sorted(sizes):
+            for batch in batches(stream[done:n], batch_size):
+                res = edit(model, requests_for(world, batch), state, hp=hp, preserved=pres)
+                state = res.state
+                t1 += res.seconds["stage1"]
+                t2 += res.seconds["stage2"]
+                current.update(dict(batch))
+            done = n
+            metrics, _ = evaluate(model, judge, world, current, seeds)
+            base_metrics, _ = evaluate(base, judge, world, current, seeds)
+            attr = model.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
+            fid_edit = fid(judge, renders, attr)
+            row = {
+                **{k: round(v, 4) for k, v in metrics.items()},
+                "unedited": {k: round(v, 4) for k, v in base_metrics.items()},
+                "specificity_vs_unedited": round(metrics["specificity"] / base_metrics["specificity"], 4),
+                "fid_to_renders": round(fid_edit, 4),
+                "fid_to_renders_unedited": round(fid_base, 4),
+                "fid_increase": round(fid_edit / fid_base - 1, 4),
+                "fid_to_unedited_images": round(fid(judge, base_attr, attr), 4),
+                "stage1_seconds": round(t1, 1),
+                "stage2_seconds": round(t2, 1),
+                "facts_edited": len(current),
+            }
+            per_size[str(n)] = row
+            print(json.dumps({"method": name, "edits": n, **row}), flush=True)
+        results["methods"][name] = per_size
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--batch", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+    t0 = time.time()
+    results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
+                  args.methods.split(","))
+    results["wall_seconds"] = round(time.time() - t0, 1)
+    results["command"] = "python -m bench.edit_quality " + " ".join(
+        f"--{k} {v}" for k, v in (("sizes", args.sizes), ("batch", args.batch), ("steps", args.steps),
+                                 ("seeds", args.seeds), ("methods", args.methods)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

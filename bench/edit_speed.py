@@ -1,0 +1,151 @@
+"""``make bench-speed``: how fast the editing engine is on this machine's CPU.
+
+1. Stage II for 300 facts on a randomly initialised CLIPTextModel with Stable Diffusion
+   1.4's text-encoder config (12 layers, width 768, MLP 3072; 11 edit layers).
+2. Stage II for a 10-fact batch after 1000 earlier edits, divided by the same at 0 edits.
+3. Batched Stage I throughput on ToyWorld divided by a per-fact loop, at equal quality.
+4. Bytes stored per version for 100 edits divided by the text encoder's bytes.
+
+    python -m bench.edit_speed [--facts 300]
+
+Writes bench/results/edit_speed.json and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editing.hparams import EditHParams
+from editing.keys import compute_hs, layer_stats, null_space_projection
+from editing.model import DiffusionModel, load_model
+from editing.requests import EditRequest
+from editing.stage1 import compute_zs
+from editing.stage2 import execute_stage2
+from editing.state import EditState
+from toyworld.paths import DATA_DIR, DIFFUSION_DIR
+from toyworld.world import SELF, World
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class _TextOnly:
+    """A pipeline with only what Stage II touches (tokenizer and text encoder)."""
+
+    def __init__(self, text_encoder, tokenizer, unet):
+        self.text_encoder, self.tokenizer, self.unet = text_encoder, tokenizer, unet
+        self.scheduler = None
+
+    def set_progress_bar_config(self, **_):
+        pass
+
+
+def sd14_text_model() -> DiffusionModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from toyworld.tokenizers import train_clip_tokenizer
+
+    world = World.read(DATA_DIR)
+    tok = train_clip_tokenizer(world.captions(), vocab_size=1000, model_max_length=77)
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    te = CLIPTextModel(cfg).eval()
+    return DiffusionModel(_TextOnly(te, tok, torch.nn.Identity()), "random-sd14-text", "stable-diffusion")
+
+
+def requests(world: World, n: int, offset: int = 0) -> list[EditRequest]:
+    facts = [f for f in world.facts if f.relation != SELF]
+    out = []
+    for i in range(n):
+        f = facts[(i + offset) % len(facts)]
+        ctx = world.contexts[((i + offset) // len(facts)) % len(world.contexts)]
+        out.append(EditRequest(f"r{i + offset}", ctx.format(f.prompt), "a red circle"))
+    return out
+
+
+def stage2_seconds(model: DiffusionModel, reqs, hp, layers, state, pres) -> float:
+    torch.manual_seed(1)
+    h = compute_hs(model, reqs, layers[-1], hp.context_templates)
+    zs = h + 0.5 * torch.randn_like(h)
+    t0 = time.perf_counter()
+    execute_stage2(model, reqs, zs, hp, layers, state, pres)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--facts", type=int, default=300)
+    ap.add_argument("--stage1-facts", type=int, default=16)
+    ap.add_argument("--out", type=Path, default=RESULTS / "edit_speed.json")
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+    world = World.read(DATA_DIR)
+    out: dict = {"threads": torch.get_num_threads()}
+
+    # 1 + 2: Stage II on SD 1.4's text-encoder shape
+    sd = sd14_text_model()
+    hp = EditHParams.preset("stable-diffusion")
+    layers = sd.default_edit_layers
+    c0 = layer_stats(sd, layers, world.captions()[:400], progress=False)
+    pres = {l: null_space_projection(c0[l], hp.nullspace_mode, hp.nullspace_threshold) for l in layers}
+    out["stage2_sd14_facts"] = args.facts
+    out["stage2_sd14_seconds"] = round(stage2_seconds(sd, requests(world, args.facts), hp, layers,
+                                                      EditState(), pres), 2)
+    print(json.dumps(out), flush=True)
+    small = requests(world, 10, offset=500)
+    at0 = stage2_seconds(sd, small, hp, layers, EditState(), pres)
+    earlier = EditState({l: (k := torch.randn(3072, 1000, dtype=torch.float64) * 0.1) @ k.T for l in layers}, 1000)
+    at1000 = stage2_seconds(sd, small, hp, layers, earlier, pres)
+    out["stage2_10_after_1000_over_after_0"] = round(at1000 / at0, 3)
+    print(json.dumps(out), flush=True)
+
+    # 4: bytes per version for 100 edits (factors + keys, float16) vs. the text encoder
+    from editing.state import Edit, LayerEdit
+
+    e = 100
+    fake = Edit({l: LayerEdit(torch.randn(768, e), torch.randn(e, 3072), torch.randn(3072, e)) for l in layers},
+                [f"f{i}" for i in range(e)])
+    with tempfile.TemporaryDirectory() as d:
+        files = fake.save(Path(d), dtype=torch.float16)
+        version_bytes = sum(p.stat().st_size for p in files)
+    encoder_bytes = sum(p.numel() * p.element_size() for p in sd.text_encoder.parameters())
+    out["bytes_per_version_100_edits"] = version_bytes
+    out["text_encoder_bytes_fp32"] = encoder_bytes
+    out["version_over_encoder"] = round(version_bytes / encoder_bytes, 4)
+    print(json.dumps(out), flush=True)
+
+    # 3: batched Stage I vs a per-fact loop on ToyWorld, same steps and seeds
+    toy = load_model(DIFFUSION_DIR)
+    hp1 = EditHParams.preset("toyworld")
+    reqs = requests(world, args.stage1_facts)
+    last = toy.default_edit_layers[-1]
+    t0 = time.perf_counter()
+    batched = compute_zs(toy, reqs, hp1, last)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    looped = [compute_zs(toy, [r], hp1, last) for r in reqs]
+    t_loop = time.perf_counter() - t0
+    loss_b = sum(batched.losses["total"]) / len(reqs)
+    loss_l = sum(r.losses["total"][0] for r in looped) / len(reqs)
+    out["stage1_facts"] = len(reqs)
+    out["stage1_batched_seconds"] = round(t_batch, 2)
+    out["stage1_loop_seconds"] = round(t_loop, 2)
+    out["stage1_batched_over_loop_throughput"] = round(t_loop / t_batch, 2)
+    out["stage1_final_loss_batched"] = round(loss_b, 6)
+    out["stage1_final_loss_loop"] = round(loss_l, 6)
+    out["command"] = f"python -m bench.edit_speed --facts {args.facts} --stage1-facts {args.stage1_facts}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
