@@ -63,8 +63,8 @@ def destination_latents(model: DiffusionModel, requests: Sequence[EditRequest],
     drawn = iter(())
     if to_draw:
         prompts = [r.target for r in to_draw for _ in range(hp.noise_images)]
-        imgs = model.generate(prompts, seed=hp.seed, num_inference_steps=hp.dest_steps,
-                              guidance_scale=hp.guidance_scale)
+        imgs = model.generate_many(prompts, seed=hp.seed, num_inference_steps=hp.dest_steps,
+                                   guidance_scale=hp.guidance_scale)
         drawn = iter(np.split(imgs, len(to_draw)))
     for r in requests:
         if r.target_images is None:
@@ -115,8 +115,8 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
                 ent_rows += [row] * len(tk)
                 ent_toks += tk
                 ent_owner += [i] * len(tk)
-    ent_rows_t, ent_toks_t = torch.as_tensor(ent_rows, dtype=torch.long), torch.as_tensor(ent_toks, dtype=torch.long)
-    ent_owner_t = torch.as_tensor(ent_owner, dtype=torch.long)
+    ent_rows_t, ent_toks_t, ent_owner_t = (torch.as_tensor(x, dtype=torch.long)
+                                           for x in (ent_rows, ent_toks, ent_owner))
 
     x0, from_user = destination_latents(model, requests, hp)
     img_owner = torch.arange(e).repeat_interleave(hp.noise_images)

@@ -9,3 +9,5 @@ cd "$(dirname "$0")/.."
 freshen toyworld train judge --seed 1 --steps 2500
 freshen toyworld train ner --seed 2 --steps 6
 freshen toyworld train diffusion --seed 3 --steps 8000
+# a second, gentler cycle from the first run's weights (facts kept improving as LR fell)
+freshen toyworld train diffusion --seed 4 --steps 4000 --lr 6e-4 --init-from toyworld/models/diffusion
