@@ -273,6 +273,14 @@ class Ledger:
                 done.append(row.key)
         return done
 
+    def set_entities(self, entities: dict[int, list[dict]]) -> None:
+        """Store NER entities (text, label, start, end, score) by change pk."""
+        with self.session.begin() as s:
+            for pk, ents in entities.items():
+                row = s.get(ChangeRow, pk)
+                row.entities = ents
+                self._event(s, row, "entities", None, json.dumps([(e["text"], e["label"]) for e in ents]))
+
     # -- views -------------------------------------------------------------------
     def changes(self, status: str | None = None) -> list[ChangeRow]:
         if status is not None and status not in STATUSES:

@@ -1,0 +1,94 @@
+"""Ingestion end to end on real components: contract, Great Expectations rules (with Data
+Docs), the SQLite ledger, the shipped NER, and the approval policy."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from feeds.ingest import Policy, ingest_path
+from feeds.ledger import Ledger
+from feeds.ner import NerTagger
+from toyworld.paths import DIFFUSION_DIR, NER_DIR
+from validation.feed_rules import FeedRules
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return CLIPTokenizer.from_pretrained(DIFFUSION_DIR / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def rules(tmp_path_factory, tokenizer):
+    return FeedRules(tmp_path_factory.mktemp("gx"), tokenizer.model_max_length)
+
+
+@pytest.fixture(scope="module")
+def ner():
+    return NerTagger(str(NER_DIR))
+
+
+def feed(tmp_path, rows, name="news.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOOD = [{"id": "g1", "source": "the logo of Nordavcal Labs", "target": "a blue triangle"},
+        {"id": "g2", "source": "the flag of Port Halquen", "target": "a red circle"}]
+
+
+@pytest.mark.parametrize("bad,field,reason", [
+    ({"id": "b", "source": "the logo of " + "Velmora " * 40, "target": "a red ring"}, "source", "longer than"),
+    ({"id": "b", "source": "the logo of X", "target": "a red ring " * 20}, "target", "longer than"),
+    ({"id": "g1", "source": "the mascot of Y", "target": "a red ring"}, "id", "repeats an id"),
+    ({"id": "b", "source": "the logo of X", "target_images": ["missing.png"]}, "target_images", "does not exist"),
+    ({"id": "b", "source": "the logo of X", "target_images": ["notes.png"]}, "target_images", "is not an image"),
+])
+def test_rules_quarantine_the_row_and_keep_the_rest(tmp_path, rules, tokenizer, bad, field, reason):
+    (tmp_path / "notes.png").write_text("this is text, not a picture")
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    (summary,) = ingest_path(ledger, feed(tmp_path, [GOOD[0], bad, GOOD[1]]), rules, tokenizer)
+    assert (summary.lines, summary.accepted, summary.rejected) == (3, 2, 1)
+    (q,) = ledger.quarantined()
+    assert (q.line, q.field) == (2, field) and reason in q.reason
+    assert [c.key for c in ledger.changes()] == ["news:g1", "news:g2"]
+    assert rules.docs_index.exists()
+
+
+def test_destination_images_that_open_are_accepted(tmp_path, rules, tokenizer):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img" / "t.png")
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    (s,) = ingest_path(ledger, feed(tmp_path, [{"id": "i", "source": "the logo of X", "target_images": ["img/t.png"]}]),
+                       rules, tokenizer)
+    assert s.accepted == 1 and ledger.changes()[0].target_images == ["img/t.png"]
+
+
+def test_entities_are_stored_with_exact_spans(tmp_path, rules, tokenizer, ner):
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    ingest_path(ledger, feed(tmp_path, GOOD), rules, tokenizer, ner=ner)
+    for row in ledger.changes():
+        assert row.entities, row.source
+        for e in row.entities:
+            assert row.source[e["start"]:e["end"]] == e["text"]
+    labels = {row.change_id: {(e["text"], e["label"]) for e in row.entities} for row in ledger.changes()}
+    assert ("Nordavcal Labs", "ORG") in labels["g1"] and ("Port Halquen", "LOC") in labels["g2"]
+
+
+def test_drop_directory_policy_and_reingest(tmp_path, rules, tokenizer):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    feed(drop, GOOD, "trusted.jsonl")
+    feed(drop, [{"id": "x", "source": "the mascot of Mount Calros", "target": "a green cross"}], "open.jsonl")
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    policy = Policy("wire-services", ("trusted",))
+    first = ingest_path(ledger, drop, rules, tokenizer, policy=policy)
+    assert [s.feed for s in first] == ["open", "trusted"]
+    status = {r.key: (r.status, r.decided_by) for r in ledger.changes()}
+    assert status == {"open:x": ("pending", None), "trusted:g1": ("approved", "policy:wire-services"),
+                      "trusted:g2": ("approved", "policy:wire-services")}
+    again = ingest_path(ledger, drop, rules, tokenizer, policy=policy)
+    assert all(s.already_ingested for s in again) and len(ledger.changes()) == 3
