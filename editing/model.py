@@ -265,6 +265,17 @@ def resolve_local(path_or_id: str) -> Path:
         ) from exc
 
 
+def load_tokenizer(path_or_id: str | Path):
+    """Only the tokenizer of a pipeline (to measure prompts against its token limit)."""
+    from transformers import AutoTokenizer
+
+    local = resolve_local(str(path_or_id))
+    sub = local / "tokenizer"
+    if not sub.is_dir():
+        raise ModelLoadError(f"{local} has no tokenizer/ folder: not a diffusers pipeline directory")
+    return AutoTokenizer.from_pretrained(sub)
+
+
 def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
                device: str = "cpu") -> DiffusionModel:
     """Load a ToyWorld pipeline or a Stable Diffusion pipeline from a local path or hub id."""

@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-model", action="store_true", help="also save the edited pipeline")
     e.set_defaults(func=_edit)
 
+    from freshen.facts_cli import add_parsers
+
+    add_parsers(sub)
+
     d = sub.add_parser("demo", help="the main job on the embedded ToyWorld default")
     d.add_argument("--home", type=Path, default=None, help="state directory (default ./var)")
     d.set_defaults(func=_demo)
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, ModelLoadError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, ModelLoadError, FileNotFoundError) as exc:
         print(f"freshen: error: {exc}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,8 @@ class Settings:
     ner_model: str = str(toy.NER_DIR)  # production: dslim/bert-large-NER
     judge: str = str(toy.JUDGE_DIR)  # ToyWorld's judge; CLIP/Inception for real models
     world: Path = toy.DATA_DIR
+    ledger_url: str = ""  # SQLAlchemy URL of the fact ledger; default: SQLite file in home
+    policy: str = ""  # approval policy file (JSON: name, auto_approve: [feed, ...]); none by default
     seed: int = 0
     num_inference_steps: int = 50
     guidance_scale: float = 3.0
@@ -45,3 +47,11 @@ class Settings:
     @property
     def out_dir(self) -> Path:
         return self.home / "out"
+
+    @property
+    def ledger(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.home / "gx"

@@ -54,3 +54,31 @@ def test_edit_names_the_bad_line(tmp_path, line, message):
     facts.write_text(line + "\n")
     out = freshen("edit", "--facts", str(facts), "--out", str(tmp_path / "o"), home=tmp_path)
     assert out.returncode != 0 and message in out.stderr
+
+
+def test_feeds_and_facts_from_the_command_line(tmp_path):
+    feed = tmp_path / "wire.jsonl"
+    feed.write_text("\n".join([
+        json.dumps({"id": "1", "source": "the logo of Nordavcal Labs", "target": "a blue triangle"}),
+        json.dumps({"id": "2", "source": "the flag of Port Halquen", "target": "a red circle"}),
+        "{broken",
+    ]) + "\n")
+    out = freshen("feeds", "ingest", str(feed), "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (summary,) = json.loads(out.stdout)
+    assert (summary["accepted"], summary["rejected"]) == (2, 1)
+    assert summary["rejections"][0]["line"] == 3
+    out = freshen("facts", "approve", "wire:1", "--by", "dana", "--comment", "verified", home=tmp_path)
+    assert out.returncode == 0 and "wire:1: approved by dana" in out.stdout
+    out = freshen("facts", "reject", "wire:2", "--by", "dana", home=tmp_path)
+    assert out.returncode != 0  # a rejection needs a comment (argparse says so)
+    out = freshen("facts", "reject", "wire:2", "--by", "dana", "--comment", "no source", home=tmp_path)
+    assert out.returncode == 0
+    listed = json.loads(freshen("facts", "list", "--json", home=tmp_path).stdout)
+    assert [(r["key"], r["status"], r["decided_by"]) for r in listed] == [
+        ("wire:1", "approved", "dana"), ("wire:2", "rejected", "dana")]
+    assert ("Nordavcal Labs", "ORG") in [tuple(e) for e in listed[0]["entities"]]
+    approved = json.loads(freshen("facts", "list", "--status", "approved", "--json", home=tmp_path).stdout)
+    assert [r["key"] for r in approved] == ["wire:1"]
+    out = freshen("facts", "approve", "wire:9", "--by", "dana", home=tmp_path)
+    assert out.returncode == 2 and "no change 'wire:9'" in out.stderr

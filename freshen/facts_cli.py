@@ -1,0 +1,90 @@
+"""``freshen feeds ...`` and ``freshen facts ...``: the front door, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from freshen.config import Settings
+
+
+def _ledger(settings: Settings):
+    from feeds.ledger import Ledger
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Ledger(settings.ledger)
+
+
+def feeds_ingest(args: argparse.Namespace) -> int:
+    from editing.model import load_tokenizer
+    from feeds.ingest import Policy, ingest_path
+    from feeds.ner import NerTagger
+    from validation.feed_rules import FeedRules
+
+    settings = Settings.from_env(home=args.home)
+    tokenizer = load_tokenizer(settings.model)
+    rules = FeedRules(settings.gx_dir, tokenizer.model_max_length)
+    policy = Policy.load(Path(settings.policy)) if settings.policy else None
+    summaries = ingest_path(_ledger(settings), args.path, rules, tokenizer, feed=args.feed,
+                            ner=NerTagger(settings.ner_model), policy=policy)
+    if args.json:
+        print(json.dumps([s.to_json() for s in summaries], indent=1))
+    else:
+        for s in summaries:
+            state = " (already ingested: nothing added)" if s.already_ingested else ""
+            print(f"{s.feed}: {s.lines} lines: {s.accepted} accepted, {s.rejected} rejected, "
+                  f"{s.conflicts} conflicts, {s.duplicates} duplicates{state}")
+            for r in s.rejections:
+                print(f"  line {r['line']} id {r['id']!r} field {r['field']!r}: {r['reason']}")
+        print(f"validation report: {rules.docs_index}")
+    return 0
+
+
+def facts_list(args: argparse.Namespace) -> int:
+    rows = _ledger(Settings.from_env(home=args.home)).changes(args.status)
+    out = [{"key": r.key, "status": r.status, "source": r.source, "target": r.target,
+            "entities": [(e["text"], e["label"]) for e in r.entities], "ref": r.ref,
+            "decided_by": r.decided_by, "decided_at": r.decided_at.isoformat() if r.decided_at else None,
+            "comment": r.comment, "version": r.version} for r in rows]
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for r in out:
+            who = f" by {r['decided_by']}" if r["decided_by"] else ""
+            print(f"{r['key']:28} {r['status']:11}{who:22} {r['source']!r} -> {r['target']!r}")
+    return 0
+
+
+def facts_decide(args: argparse.Namespace) -> int:
+    decision = "approved" if args.action == "approve" else "rejected"
+    done = _ledger(Settings.from_env(home=args.home)).decide(args.ids, decision, by=args.by, comment=args.comment)
+    for key in done:
+        print(f"{key}: {decision} by {args.by}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    f = sub.add_parser("feeds", help="take in feeds of fact changes")
+    fs = f.add_subparsers(dest="action", required=True)
+    i = fs.add_parser("ingest", help="ingest a feed file or every file of a drop directory")
+    i.add_argument("path", type=Path)
+    i.add_argument("--feed", default=None, help="feed name (default: the file name without suffix)")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--home", type=Path, default=None)
+    i.set_defaults(func=feeds_ingest)
+
+    fa = sub.add_parser("facts", help="list, approve and reject fact changes")
+    fas = fa.add_subparsers(dest="action", required=True)
+    ls = fas.add_parser("list")
+    ls.add_argument("--status", default=None)
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--home", type=Path, default=None)
+    ls.set_defaults(func=facts_list)
+    for action in ("approve", "reject"):
+        d = fas.add_parser(action)
+        d.add_argument("ids", nargs="+", help="FEED:ID")
+        d.add_argument("--by", required=True, help="who decides")
+        d.add_argument("--comment", required=action == "reject", default=None)
+        d.add_argument("--home", type=Path, default=None)
+        d.set_defaults(func=facts_decide)
