@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint check clean bench-edit bench-speed
+.PHONY: venv demo test lint check clean bench-edit bench-speed bench-feeds
 
 venv: $(STAMP)
 
@@ -37,6 +37,9 @@ bench-edit: venv
 
 bench-speed: venv
 	$(BIN)/python -m bench.edit_speed
+
+bench-feeds: venv
+	$(BIN)/python -m bench.feeds_throughput
 
 clean:
 	rm -rf var .pytest_cache

@@ -92,3 +92,16 @@ def test_drop_directory_policy_and_reingest(tmp_path, rules, tokenizer):
                       "trusted:g2": ("approved", "policy:wire-services")}
     again = ingest_path(ledger, drop, rules, tokenizer, policy=policy)
     assert all(s.already_ingested for s in again) and len(ledger.changes()) == 3
+
+
+def test_contract_matrix_through_the_ledger_loses_nothing(tmp_path, rules, tokenizer):
+    from tests.test_feed_contract import BAD
+
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    path = tmp_path / "matrix.jsonl"
+    lines = [json.dumps(GOOD[0]).encode()] + [b[1] for b in BAD] + [json.dumps(GOOD[1]).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (s,) = ingest_path(ledger, path, rules, tokenizer)
+    assert s.lines == len(lines) == s.accepted + s.rejected + s.conflicts + s.duplicates
+    assert s.accepted == 2 and s.rejected == len(BAD)
+    assert sorted(q.line for q in ledger.quarantined()) == list(range(2, len(BAD) + 2))
