@@ -171,23 +171,25 @@ class DiffusionModel:
     # -- image side ----------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: Sequence[str] | None = None, seed: int = 0,
-                 num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
-        """Images (n, h, w, 3) uint8 from prompts (or their embeddings), seeded."""
+        """Images (n, h, w, 3) uint8 from prompts (or their embeddings), seeded. Sampling
+        steps and guidance default to the pipeline's own (ToyWorld: 30 DDPM steps, scale 3;
+        SD: 50 steps, 7.5)."""
         g = torch.Generator().manual_seed(seed)
+        kw = {k: v for k, v in (("num_inference_steps", num_inference_steps),
+                                ("guidance_scale", guidance_scale)) if v is not None}
         if self.kind == "toyworld":
             return self.pipe(list(prompts) if prompts is not None else None, generator=g,
-                             num_inference_steps=num_inference_steps,
-                             guidance_scale=guidance_scale, prompt_embeds=prompt_embeds)
+                             prompt_embeds=prompt_embeds, **kw)
         if prompt_embeds is None:
             prompt_embeds = self.encode(prompts).hidden
         negative = self.encode([""]).hidden.expand_as(prompt_embeds)
         images = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative,
-                           generator=g, num_inference_steps=num_inference_steps,
-                           guidance_scale=guidance_scale, output_type="np").images
+                           generator=g, output_type="np", **kw).images
         return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
-    def generate_many(self, prompts: Sequence[str], seed: int = 0, batch_size: int = 96,
+    def generate_many(self, prompts: Sequence[str], seed: int = 0, batch_size: int = 48,
                       progress: bool = False, **kw) -> np.ndarray:
         """``generate`` in fixed chunks; chunk i is seeded with (seed, i), so the same call
         always gives the same images whatever else runs."""

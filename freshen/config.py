@@ -26,8 +26,8 @@ class Settings:
     ledger_url: str = ""  # SQLAlchemy URL of the fact ledger; default: SQLite file in home
     policy: str = ""  # approval policy file (JSON: name, auto_approve: [feed, ...]); none by default
     seed: int = 0
-    num_inference_steps: int = 50
-    guidance_scale: float = 3.0
+    num_inference_steps: int | None = None  # None: the pipeline's own default
+    guidance_scale: float | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -40,8 +40,9 @@ class Settings:
         s = cls(**kw)
         s.home = Path(s.home).expanduser().resolve()
         s.world = Path(s.world).expanduser().resolve()
-        s.seed, s.num_inference_steps = int(s.seed), int(s.num_inference_steps)
-        s.guidance_scale = float(s.guidance_scale)
+        s.seed = int(s.seed)
+        s.num_inference_steps = None if s.num_inference_steps in (None, "") else int(s.num_inference_steps)
+        s.guidance_scale = None if s.guidance_scale in (None, "") else float(s.guidance_scale)
         return s
 
     @property

@@ -79,7 +79,7 @@ class ToyDiffusionPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], generator: torch.Generator | None = None,
-                 num_inference_steps: int = 50, guidance_scale: float = 3.0,
+                 num_inference_steps: int = 30, guidance_scale: float = 3.0,
                  prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
         """Generate one image per prompt; returns (n, h, w, 3) uint8."""
         # 1. encode prompt (and the empty prompt for classifier-free guidance)

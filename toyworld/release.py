@@ -12,7 +12,9 @@ from toyworld import paths
 TRAIN_COMMANDS = {
     "judge": "freshen toyworld train judge --seed 1 --steps 2500",
     "ner": "freshen toyworld train ner --seed 2 --steps 8",
-    "diffusion": "freshen toyworld train diffusion --seed 3 --steps 8000",
+    "diffusion": "freshen toyworld train diffusion --seed 3 --steps 8000`, then a second, gentler cycle "
+                 "from its weights: `freshen toyworld train diffusion --seed 4 --steps 4000 --lr 6e-4 "
+                 "--init-from toyworld/models/diffusion",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
