@@ -36,10 +36,6 @@ class Encoding:
     eos_index: torch.Tensor  # (n,) position of the first [EOS]
 
 
-def _output_tensor(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
 class DiffusionModel:
     """A text-to-image pipeline seen as the editing method sees it."""
 
@@ -105,10 +101,6 @@ class DiffusionModel:
                               truncation=True,
                               max_length=self.max_length, return_tensors="pt",
                               return_offsets_mapping=offsets)
-
-    def token_count(self, text: str) -> int:
-        """Tokens ``text`` takes including [BOS]/[EOS]; must be <= ``max_length``."""
-        return len(self.tokenizer(text, truncation=False)["input_ids"])
 
     def span_tokens(self, prompts: Sequence[str], spans: Sequence[tuple[int, int]]) -> list[list[int]]:
         """Token positions covering each character span ``[start, end)`` of its prompt, found

@@ -131,7 +131,13 @@ def test_saved_factors_reproduce_the_edited_weights(world, preserved, tmp_path):
     res = edit(model, [request(world, 2, "a yellow ring")], hp=hp, preserved=preserved)
     res.edit.save(tmp_path)
     other = fresh()
-    Edit.load(tmp_path).apply(other)
+    loaded = Edit.load(tmp_path)
+    loaded.apply(other)
+    # the state rebuilt from the saved chain is the state the edit returned
+    rebuilt = EditState.from_chain([loaded])
+    assert rebuilt.n_edits == res.state.n_edits == 1
+    for layer, cov in res.state.cov.items():
+        torch.testing.assert_close(rebuilt.cov[layer], cov)
     for layer in model.default_edit_layers:
         torch.testing.assert_close(other.fc2(layer).weight, model.fc2(layer).weight, rtol=0, atol=1e-6)
 

@@ -390,8 +390,3 @@ def render(visual: Visual, rng: np.random.Generator | None = None, size: int = 1
         img = img + rng.normal(0, 3, size=img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
-
-def write_default(directory: Path) -> World:
-    world = generate(DEFAULT_SEED)
-    world.write(directory)
-    return world

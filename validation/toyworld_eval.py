@@ -19,7 +19,7 @@ from torch import nn
 
 from editing.model import DiffusionModel
 from toyworld.judge import ToyJudge
-from toyworld.world import SELF, Fact, Visual, World, render
+from toyworld.world import SELF, Visual, World, render
 
 KINDS = ("efficacy", "generality", "specificity_relation", "specificity_entity",
          "specificity_unrelated")
@@ -98,12 +98,6 @@ def fid(judge: ToyJudge, real: np.ndarray, fake: np.ndarray) -> float:
     metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
     metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
     return float(metric.compute())
-
-
-def fid_prompts(world: World, n: int = 120, seed: int = 1) -> list[Fact]:
-    """A fixed set of fact prompts for domain FID."""
-    rng = random.Random(seed)
-    return rng.sample(world.facts, min(n, len(world.facts)))
 
 
 def clean_renders(visuals: Sequence[Visual], per: int, seed: int = 2) -> np.ndarray:
