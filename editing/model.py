@@ -229,6 +229,15 @@ class DiffusionModel:
         self.pipe.save_pretrained(path, safe_serialization=True)
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of one file, read in 1 MiB blocks (feed files and weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def directory_hash(path: Path) -> str:
     """sha256 over the weight, config and tokenizer files of a saved model directory
     (relative paths and contents), so a copy elsewhere hashes the same."""
@@ -237,7 +246,7 @@ def directory_hash(path: Path) -> str:
                    and p.name != "train_log.jsonl" and p.parent.name != "checkpoints")
     for p in files:
         h.update(str(p.relative_to(path)).encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+        h.update(bytes.fromhex(file_sha256(p)))
     return h.hexdigest()
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from editing.model import file_sha256
 from feeds.contract import FactChange, Rejection
 
 STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded")
@@ -137,14 +138,6 @@ class IngestSummary:
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def content_hash(change: FactChange) -> str:

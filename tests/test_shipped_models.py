@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from editing.model import file_sha256
 from feeds.ner import NerTagger
 from toyworld import paths
-from toyworld.release import file_sha256, shipped_files
+from toyworld.release import shipped_files
 from toyworld.world import render
 
 

@@ -3,10 +3,10 @@ manifest (sha256 of every file) and model cards (how trained, what the check mea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from editing.model import file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {
@@ -33,10 +33,6 @@ CHECK_FIGURES = {
     "ner": ("ner_f1",),
     "diffusion": ("attribute_accuracy", "fact_accuracy", "paraphrase_accuracy"),
 }
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def shipped_files(model_dir: Path) -> list[Path]:
