@@ -109,14 +109,15 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
     for name in methods:
         hp = EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name])
         model = load_model(DIFFUSION_DIR)
-        pres = preservation(model, model.default_edit_layers, world.captions(), hp)
         state, done, t1, t2 = EditState(), 0, 0.0, 0.0
         current: dict[str, Visual] = {}
         stream = edit_stream(world, max(sizes), seed)
         per_size = {}
         for n in sorted(sizes):
             for batch in batches(stream[done:n], batch_size):
-                res = edit(model, requests_for(world, batch), state, hp=hp, preserved=pres)
+                reqs = requests_for(world, batch)
+                pres = preservation(base, base.default_edit_layers, world.captions(), hp, requests=reqs)
+                res = edit(model, reqs, state, hp=hp, preserved=pres)
                 state = res.state
                 t1 += res.seconds["stage1"]
                 t2 += res.seconds["stage2"]

@@ -27,6 +27,7 @@ from toyworld.world import World
 
 SETTINGS = [
     dict(nullspace_mode="none", beta=1.0),
+    dict(nullspace_mode="relative", nullspace_threshold=1e-2, beta=1.0, exclude_sources_from_c0=False),
     dict(nullspace_mode="relative", nullspace_threshold=1e-2, beta=1.0),
     dict(nullspace_mode="relative", nullspace_threshold=1e-2, beta=0.1),
     dict(nullspace_mode="relative", nullspace_threshold=1e-3, beta=0.1),
@@ -53,20 +54,24 @@ def main() -> None:
     ap.add_argument("--facts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=DIFFUSION_DIR)
+    ap.add_argument("--only", type=int, nargs="*", default=None, help="indices of SETTINGS to run")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tune_toyworld.json")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     world = World.read(DATA_DIR)
     judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
-    base = load_model(DIFFUSION_DIR)
+    base = load_model(args.model)
     batch = edit_stream(world, args.facts, seed=0)
     reqs = requests_for(world, batch)
     current = dict(batch)
     rows = []
-    for setting in SETTINGS:
+    for i, setting in enumerate(SETTINGS):
+        if args.only is not None and i not in args.only:
+            continue
         hp = EditHParams.preset("toyworld", steps=args.steps, **setting)
-        model = load_model(DIFFUSION_DIR)
-        pres = preservation(model, model.default_edit_layers, world.captions(), hp)
+        model = load_model(args.model)
+        pres = preservation(model, model.default_edit_layers, world.captions(), hp, requests=reqs)
         t0 = time.time()
         res = edit(model, reqs, hp=hp, preserved=pres)
         metrics, _ = evaluate(model, judge, world, current, args.seeds)
@@ -78,7 +83,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     base_metrics, _ = evaluate(base, judge, world, current, args.seeds)
     out = {"command": f"python -m bench.tune_toyworld --facts {args.facts} --steps {args.steps} "
-                      f"--seeds {args.seeds}",
+                      f"--seeds {args.seeds} --model {args.model}",
            "unedited": {k: round(v, 3) for k, v in base_metrics.items()}, "settings": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -43,10 +43,24 @@ class Preservation:
     projections: dict[int, torch.Tensor]
 
 
+def preserved_corpus(captions: Sequence[str], requests: Sequence[EditRequest]) -> list[str]:
+    """The caption corpus minus every caption that contains a batch source (case and spacing
+    ignored). Beyond the papers: their C0 comes from 100k generic captions where an edited
+    prompt is one of many; in a small closed world (ToyWorld) the corpus *is* the facts, and
+    keeping the edited prompts in C0 puts the very keys to change into the preserved span."""
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    sources = [norm(r.source) for r in requests]
+    return [c for c in captions if not any(s in norm(c) for s in sources)]
+
+
 def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[str],
                  hp: EditHParams, cache_dir: Path | None = None, model_hash: str = "",
-                 progress: bool = False) -> Preservation:
-    """C0 statistics of the *base* model (cached on disk) and the null-space projections."""
+                 progress: bool = False, requests: Sequence[EditRequest] = ()) -> Preservation:
+    """C0 statistics of the *base* model (cached on disk) and the null-space projections.
+    With ``hp.exclude_sources_from_c0``, captions containing a source of ``requests`` are
+    left out of C0 (``preserved_corpus``; the cache key follows the corpus)."""
+    if hp.exclude_sources_from_c0 and requests:
+        captions = preserved_corpus(captions, requests)
     c0 = layer_stats(model, layers, captions, cache_dir=cache_dir, model_hash=model_hash,
                      progress=progress)
     mode = hp.nullspace_mode if hp.method == "nullspace" else "none"
@@ -74,7 +88,7 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     if preserved is None:
         if captions is None:
             raise ValueError("edit: pass `preserved` or the caption corpus `captions`")
-        preserved = preservation(model, layers, captions, hp, cache_dir, model_hash, progress)
+        preserved = preservation(model, layers, captions, hp, cache_dir, model_hash, progress, requests)
 
     t0 = time.perf_counter()
     s1 = compute_zs(model, requests, hp, layers[-1], progress=progress)

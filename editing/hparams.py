@@ -36,6 +36,7 @@ class EditHParams:
     beta: float = 1.0  # ridge term beta I of Eq. 7
     nullspace_mode: str = "relative"  # how P is cut from C0's spectrum
     nullspace_threshold: float = 1e-2
+    exclude_sources_from_c0: bool = True  # C0 without the captions that contain a batch source
     protect_entities: bool = False  # add entity keys to the preserved set (beyond the papers)
     entity_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}"])
     emcid_lambda: float = 4000.0

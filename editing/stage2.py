@@ -64,9 +64,12 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             if hp.protect_entities and entities:
                 p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
         b = right_factor(hp, k1, state.kp(layer, k1.shape[0]), p, None if c0 is None else c0.get(layer))
+        # applied exactly as stored (float32 factors): a version loaded from its factors is
+        # then bit-for-bit the model edited here
+        r, b = r.float(), b.float()
         w = model.fc2(layer).weight
-        w += (r @ b).to(w.dtype)
+        w += (r.double() @ b.double()).to(w.dtype)
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
-        out[layer] = LayerEdit(r.float(), b.float(), k1.float())
+        out[layer] = LayerEdit(r, b, k1.float())
     return Edit(out, [r.id for r in requests])

@@ -84,7 +84,7 @@ def ingest_path(ledger: Ledger, path: Path, rules: FeedRules, tokenizer, feed: s
 
 def tag_entities(ledger: Ledger, ner, batch: int = 256) -> int:
     """Run NER over live changes that have no entities yet; store text, label, span, score."""
-    rows = [r for status in ("pending", "conflict") for r in ledger.changes(status) if not r.entities]
+    rows = [r for status in ("pending", "conflict", "approved") for r in ledger.changes(status) if not r.entities]
     for i in range(0, len(rows), batch):
         part = rows[i:i + batch]
         found = ner([r.source for r in part])

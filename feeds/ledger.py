@@ -112,6 +112,20 @@ class EventRow(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class VersionEventRow(Base):
+    """What happened to a model version: registered, gate verdict, promoted, rolled back."""
+
+    __tablename__ = "version_events"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
 class FileRow(Base):
     """A feed file already ingested (by content hash): ingesting it again adds nothing."""
 
@@ -273,6 +287,64 @@ class Ledger:
                 row = s.get(ChangeRow, pk)
                 row.entities = ents
                 self._event(s, row, "entities", None, json.dumps([(e["text"], e["label"]) for e in ents]))
+
+    # -- the model side ----------------------------------------------------------
+    def mark_applied(self, keys: Iterable[str], model: str, version: int, run_id: str) -> None:
+        """The batch's approved changes were edited into ``version`` (not yet promoted)."""
+        with self.session.begin() as s:
+            for key in keys:
+                row = self.find(s, key)
+                if row.status != "approved":
+                    raise ValueError(f"{row.key} is {row.status}; only approved changes can be applied")
+                row.status, row.version = "applied", str(version)
+                self._event(s, row, "applied", None, f"edited into {model} v{version} (run {run_id})")
+
+    def sync_champion(self, model: str, chain: list[tuple[int, list[str]]], dropped: list[tuple[int, list[str]]],
+                      actor: str, why: str) -> None:
+        """Make statuses follow the champion: ``chain`` is (version, change keys) from the base
+        up to the champion. In it, the last change of each source is ``applied``, earlier ones
+        ``superseded``. Changes of ``dropped`` versions (gate-rejected, or rolled back) go back
+        to ``pending``: a steward looks at them again before any new attempt."""
+        with self.session.begin() as s:
+            latest: dict[str, tuple[int, ChangeRow]] = {}
+            for version, keys in chain:
+                for key in keys:
+                    row = self.find(s, key)
+                    prev = latest.get(row.source_norm)
+                    if prev is not None and prev[1].status != "superseded":
+                        prev[1].status = "superseded"
+                        self._event(s, prev[1], "superseded", actor, f"by {row.key} in {model} v{version}")
+                    latest[row.source_norm] = (version, row)
+            for version, row in latest.values():
+                if row.status != "applied" or row.version != str(version):
+                    row.status, row.version = "applied", str(version)
+                    self._event(s, row, "applied", actor, f"live in {model} champion (v{version})")
+            if chain:
+                top, keys = chain[-1]
+                for key in keys:
+                    self._event(s, self.find(s, key), "promoted", actor, f"{why}: {model} v{top} is champion")
+            for version, keys in dropped:
+                for key in keys:
+                    row = self.find(s, key)
+                    if row.status in ("applied", "superseded"):
+                        row.status, row.version = "pending", None
+                        self._event(s, row, "returned", actor, f"{model} v{version}: {why}")
+
+    def version_event(self, model: str, version: int, event: str, actor: str | None, detail: dict) -> None:
+        with self.session.begin() as s:
+            s.add(VersionEventRow(model=model, version=version, at=now(), event=event, actor=actor,
+                                  detail=detail))
+
+    def version_events(self, model: str, version: int | None = None) -> list[VersionEventRow]:
+        with self.session() as s:
+            q = select(VersionEventRow).where(VersionEventRow.model == model)
+            if version is not None:
+                q = q.where(VersionEventRow.version == version)
+            return list(s.scalars(q.order_by(VersionEventRow.pk)))
+
+    def change(self, key: str) -> ChangeRow:
+        with self.session() as s:
+            return self.find(s, key)
 
     # -- views -------------------------------------------------------------------
     def changes(self, status: str | None = None) -> list[ChangeRow]:

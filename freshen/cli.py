@@ -40,7 +40,8 @@ def _toyworld_train(args: argparse.Namespace) -> int:
         if args.lr is not None:
             kw["lr"] = args.lr
         result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR,
-                                       init_from=args.init_from, attribute_weight=args.attribute_weight, **kw)
+                                       init_from=args.init_from, attribute_weight=args.attribute_weight,
+                                       eos_mask_prob=args.eos_mask_prob, **kw)
     print(json.dumps(result))
     return 0
 
@@ -66,13 +67,15 @@ def _toyworld_release(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from freshen.config import Settings
     from freshen.demo import run_demo
+    from registry.audit import format_version
 
-    summary = run_demo(Settings.from_env(home=args.home))
-    for f in summary["facts"]:
-        print(f"  {f['prompt']!r:48} expected {f['expected']:16} judged {', '.join(f['judged'])}")
-    print(f"accuracy {summary['accuracy']:.2f} over {len(summary['facts'])} facts; "
-          f"{summary['seconds']} s")
-    print(f"grid: {summary['grid']}")
+    kw = {k: v for k, v in (("feed", args.feed), ("policy", args.policy)) if v is not None}
+    s = run_demo(Settings.from_env(home=args.home), **kw)
+    ran = sorted(k for k, v in s["tasks"].items() if v == "success")
+    print(f"Airflow run {s['dag_run']}: {s['state']} ({len(ran)} tasks ran: {', '.join(ran)})")
+    print(format_version(s["audit"]))
+    print(f"champion: v{s['champion']} (lineage {' -> '.join(f'v{n}' for n in s['lineage'])}); "
+          f"{s['seconds']} s; summary {s['summary_file']}")
     return 0
 
 
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
     t.add_argument("--attribute-weight", type=float, default=1.0,
                    help="how much more often attribute prompts are drawn (diffusion)")
+    t.add_argument("--eos-mask-prob", type=float, default=0.0,
+                   help="fraction of prompts whose [EOS] and padding the U-Net may not read (diffusion)")
     t.set_defaults(func=_toyworld_train)
     c = tws.add_parser("check", help="measure the shipped models on held-out prompts")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -129,12 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save-model", action="store_true", help="also save the edited pipeline")
     e.set_defaults(func=_edit)
 
-    from freshen.facts_cli import add_parsers
+    from freshen import facts_cli, service_cli
 
-    add_parsers(sub)
+    facts_cli.add_parsers(sub)
+    service_cli.add_parsers(sub)
 
     d = sub.add_parser("demo", help="the main job on the embedded ToyWorld default")
     d.add_argument("--home", type=Path, default=None, help="state directory (default ./var)")
+    d.add_argument("--feed", type=Path, default=None, help="feed file to drop (default: the sample feed)")
+    d.add_argument("--policy", type=Path, default=None, help="approval policy (default: the demo's)")
     d.set_defaults(func=_demo)
     return p
 
@@ -149,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = DEFAULT_SEED if args.seed is None else args.seed
         args.out = (args.out or paths.DATA_DIR).resolve()
     from editing.model import ModelLoadError
+    from registry.versions import RegistryError
 
     try:
         return args.func(args)
-    except (ValueError, KeyError, ModelLoadError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError) as exc:
         print(f"freshen: error: {exc}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,12 @@ class Settings:
     world: Path = toy.DATA_DIR
     ledger_url: str = ""  # SQLAlchemy URL of the fact ledger; default: SQLite file in home
     policy: str = ""  # approval policy file (JSON: name, auto_approve: [feed, ...]); none by default
+    tracking_uri: str = ""  # MLflow tracking + registry URI; default: SQLite file in home
+    registry_name: str = "freshen"  # the registered model's name
+    gate: str = ""  # JSON file of gate thresholds (validation/gate.py); defaults otherwise
+    hparams: str = ""  # JSON file of edit hyperparameters; default: the model kind's preset
+    drop: str = ""  # the feed drop directory; default: home/drop
+    captions: str = ""  # caption corpus (one per line) for C0 of a real model; ToyWorld: its own
     seed: int = 0
     num_inference_steps: int | None = None  # None: the pipeline's own default
     guidance_scale: float | None = None
@@ -52,6 +58,14 @@ class Settings:
     @property
     def ledger(self) -> str:
         return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+
+    @property
+    def drop_dir(self) -> Path:
+        return Path(self.drop).resolve() if self.drop else self.home / "drop"
+
+    @property
+    def tracking(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def gx_dir(self) -> Path:

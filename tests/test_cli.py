@@ -15,18 +15,6 @@ def freshen(*args: str, home: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
-def test_demo_writes_a_grid(tmp_path):
-    out = freshen("demo", home=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    grid = tmp_path / "out" / "demo" / "toyworld_grid.png"
-    assert f"grid: {grid}" in out.stdout
-    from PIL import Image
-
-    assert Image.open(grid).size[0] > 300
-    summary = json.loads((grid.parent / "summary.json").read_text())
-    assert len(summary["facts"]) == 8 and all(len(f["judged"]) == 4 for f in summary["facts"])
-
-
 def test_edit_one_batch_from_a_file(tmp_path, world):
     f = next(f for f in world.facts if f.relation == "logo")
     facts = tmp_path / "facts.jsonl"

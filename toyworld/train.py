@@ -187,13 +187,19 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                     seed: int = 3, lr: float = 2e-3, ema_decay: float = 0.995,
                     caption_dropout: float = 0.1, eval_every: int = 1000,
                     judge_dir: Path | None = None, init_from: Path | None = None,
-                    attribute_weight: float = 1.0) -> dict:
+                    attribute_weight: float = 1.0, eos_mask_prob: float = 0.0) -> dict:
     """Joint training from scratch of text encoder and U-Net on the world's prompts, or a
     continued run from the pipeline saved in ``init_from`` (a new one-cycle schedule).
 
     Recipe (DESIGN.md): one-cycle LR (5% warm-up), EMA of the weights (sampled from),
     caption dropout for classifier-free guidance, squaredcos betas. ``attribute_weight``
     draws attribute prompts ("a red circle") that many times more often than facts.
+    ``eos_mask_prob``: that fraction of training prompts hide [EOS] and padding from the
+    U-Net's cross-attention, so the prompt's last word (the subject's last token: every
+    context template ends with the subject) must carry what the image needs. Without it a
+    small encoder does each fact lookup in the [EOS] token straight from the word embeddings,
+    and an edit at the subject token (where EMCID and Stable Diffusion's CLIP put it) cannot
+    reach it. Inference never masks: the pipeline stays Stable Diffusion's.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -231,8 +237,12 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
         x0 = bank[pair_visual[idx], torch.as_tensor(rng.integers(bank.shape[1], size=batch_size))]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
         noise = torch.randn_like(x0)
-        pred = unet(scheduler.add_noise(x0, noise, t), t,
-                    encoder_hidden_states=text_encoder(ids)[0]).sample
+        keep = torch.ones_like(ids)
+        hide = torch.as_tensor(rng.random(batch_size) < eos_mask_prob)
+        eos_at = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+        keep[hide] = (torch.arange(ids.shape[1])[None] < eos_at[:, None])[hide].long()
+        pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(ids)[0],
+                    encoder_attention_mask=keep).sample
         loss = nn.functional.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()
@@ -252,5 +262,5 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                 result = quick_accuracy(pipe, judge, world, seed=seed)
                 logger(step=step, **result)
     return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
-            "caption_dropout": caption_dropout, "attribute_weight": attribute_weight,
+            "caption_dropout": caption_dropout, "attribute_weight": attribute_weight, "eos_mask_prob": eos_mask_prob,
             "init_from": str(init_from) if init_from else None, **result}

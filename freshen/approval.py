@@ -1,0 +1,72 @@
+"""Steward approval as an Airflow human-in-the-loop task (providers-standard HITLOperator).
+
+At run time the task lists the changes waiting for a steward (status ``pending``) with
+their source, target, NER entities and provenance. The steward picks the changes to approve
+(any subset; ``Reject all`` rejects every one). Changes not picked are rejected in the
+ledger under the steward's name. No answer before ``response_timeout``: the default option
+``Reject all`` is taken, so silence never approves anything. Changes approved by a policy
+(trusted feeds) are already ``approved`` and are not asked about. Nothing waiting: the
+task returns at once without asking.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.standard.operators.hitl import HITLOperator
+
+REJECT_ALL = "Reject all"
+
+
+def _ledger():
+    from feeds.ledger import Ledger
+    from freshen.config import Settings
+
+    s = Settings.from_env()
+    s.home.mkdir(parents=True, exist_ok=True)
+    return Ledger(s.ledger)
+
+
+def describe(rows) -> str:
+    lines = ["| change | source | target | entities | provenance |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        ents = ", ".join(f"{e['text']} ({e['label']})" for e in r.entities) or "-"
+        prov = f"{r.ref or '-'}; observed {r.observed_at or '-'}; {r.file}:{r.line}"
+        lines.append(f"| {r.key} | {r.source} | {r.target or r.target_images} | {ents} | {prov} |")
+    return "\n".join(lines)
+
+
+class StewardApproval(HITLOperator):
+    def __init__(self, *, response_timeout: timedelta | None = timedelta(hours=24), **kwargs):
+        super().__init__(subject="Approve fact changes for the next model version", options=[REJECT_ALL],
+                         defaults=[REJECT_ALL], multiple=True, response_timeout=response_timeout, **kwargs)
+
+    def execute(self, context):
+        rows = _ledger().changes("pending")
+        if not rows:
+            return {"asked": [], "approved": [], "rejected": [], "by": None}
+        self.options = [r.key for r in rows] + [REJECT_ALL]
+        # the task resumes in a new process, from the DAG file: keep what was asked
+        context["ti"].xcom_push(key="asked", value=self.options)
+        self.body = ("Pick the changes to approve; the others are rejected. No answer before the "
+                     f"timeout rejects all.\n\n{describe(rows)}")
+        return super().execute(context)
+
+    def execute_complete(self, context, event):
+        self.options = context["ti"].xcom_pull(task_ids=self.task_id, key="asked") or self.options
+        payload = super().execute_complete(context, event)
+        chosen = set(payload["chosen_options"])
+        user = payload.get("responded_by_user") or {}
+        timed_out = "error_type" in self.hitl_summary_extra or not user
+        by = user.get("name") or user.get("id") or "steward"
+        asked = [o for o in self.options if o != REJECT_ALL]
+        approve = [] if REJECT_ALL in chosen else [k for k in asked if k in chosen]
+        reject = [k for k in asked if k not in approve]
+        ledger = _ledger()
+        if approve:
+            ledger.decide(approve, "approved", by=by, comment=f"Airflow run {context['run_id']}")
+        if reject:
+            why = ("no answer before the approval timeout" if timed_out
+                   else f"not approved by {by} in Airflow run {context['run_id']}")
+            ledger.decide(reject, "rejected", by="timeout" if timed_out else by, comment=why)
+        return {"asked": asked, "approved": approve, "rejected": reject, "by": by}

@@ -1,0 +1,350 @@
+"""One knowledge refresh, as the steps the Airflow DAG runs (and ``freshen refresh`` /
+``make demo`` run in one process):
+
+    plan_batch   approved changes of the ledger + the champion = a batch (files under home/batches)
+    stage1       one target value per fact (any subset of the facts: the DAG fans out per fact)
+    stage2       the closed-form edit on top of the champion, registered as the candidate
+    gate         candidate vs champion, GX thresholds, promote or hold, ledger follows
+    promote      any version to champion by hand (rollback), recorded
+
+Steps exchange only ids and paths: a batch is a directory (``plan.json`` and one Stage I
+result per fact), a version is its number in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from freshen.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    dir: Path
+    key: str
+    parent: int
+    facts: list[dict]
+    hparams: dict
+
+    @classmethod
+    def read(cls, directory: Path) -> Batch:
+        d = json.loads((Path(directory) / "plan.json").read_text())
+        return cls(Path(directory), d["key"], d["parent"], d["facts"], d["hparams"])
+
+    def write(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "plan.json").write_text(json.dumps(
+            {"key": self.key, "parent": self.parent, "facts": self.facts, "hparams": self.hparams}, indent=1) + "\n")
+
+    def z_path(self, index: int) -> Path:
+        return self.dir / "stage1" / f"{index:05d}.safetensors"
+
+
+def _registry(settings: Settings):
+    from registry.versions import Registry
+
+    return Registry.from_settings(settings)
+
+
+def _ledger(settings: Settings):
+    from feeds.ledger import Ledger
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Ledger(settings.ledger)
+
+
+def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True) -> list[dict]:
+    """A feed file, or every new file of a directory (default: the drop directory): contract
+    + GX rules, recorded in the ledger; NER too unless ``ner=False`` (then ``tag_new_entities``).
+    Feeds trusted by the policy (``FRESHEN_POLICY``) are approved as ``policy:<name>``."""
+    from editing.model import load_tokenizer
+    from feeds.ingest import Policy, ingest_path
+    from feeds.ner import NerTagger
+    from validation.feed_rules import FeedRules
+
+    path = Path(path) if path else settings.drop_dir
+    if path == settings.drop_dir:
+        path.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(settings.model)
+    summaries = ingest_path(_ledger(settings), path, FeedRules(settings.gx_dir, tokenizer.model_max_length),
+                            tokenizer, ner=NerTagger(settings.ner_model) if ner else None,
+                            policy=Policy.load(Path(settings.policy)) if settings.policy else None)
+    return [s.to_json() for s in summaries]
+
+
+def tag_new_entities(settings: Settings) -> int:
+    from feeds.ingest import tag_entities
+    from feeds.ner import NerTagger
+
+    return tag_entities(_ledger(settings), NerTagger(settings.ner_model))
+
+
+def audit_summary(settings: Settings, verdict: dict) -> dict:
+    """What a run leaves for the UI: champion, the facts it holds now, verdict, grid path."""
+    reg = _registry(settings)
+    champion = reg.champion()
+    facts = [f"{k}" for _, keys in lineage_facts(reg, champion) for k in keys]
+    return {"champion": champion, "champion_facts": facts, "verdict": verdict.get("status"),
+            "version": verdict.get("version"), "reasons": verdict.get("reasons"), "grid": verdict.get("grid")}
+
+
+def init_registry(settings: Settings, by: str = "freshen"):
+    reg = _registry(settings)
+    fresh = not reg.exists()
+    v = reg.init(settings.model, by=by)
+    if fresh:
+        _ledger(settings).version_event(reg.name, v.number, "registered", by,
+                                        {"base": v.manifest["base"], "champion": True})
+    return v
+
+
+def _fact(row) -> dict:
+    return {"key": row.key, "feed": row.feed, "id": row.change_id, "source": row.source, "target": row.target,
+            "target_images": [str(Path(row.file).parent / p) for p in row.target_images],
+            "kind": row.kind, "ref": row.ref, "observed_at": row.observed_at, "content_hash": row.content_hash,
+            "entities": row.entities, "approved_by": row.decided_by,
+            "approved_at": row.decided_at.isoformat() if row.decided_at else None}
+
+
+def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | None = None) -> Batch | None:
+    """The approved changes (or those of ``keys``) on top of the champion; None if none."""
+    from editing.hparams import EditHParams
+    from registry.versions import batch_key
+
+    reg = _registry(settings)
+    rows = _ledger(settings).approved_for_editing()
+    if keys is not None:
+        wanted = set(keys)
+        rows = [r for r in rows if r.key in wanted]
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        return None
+    parent = reg.champion()
+    base = reg.version(parent).manifest["base"]
+    hp = (EditHParams.load(Path(settings.hparams)) if settings.hparams
+          else EditHParams.preset(base["kind"], seed=settings.seed))
+    facts = [_fact(r) for r in rows]
+    key = batch_key(parent, base["hash"], facts, hp.to_json())
+    batch = Batch(settings.home / "batches" / key, key, parent, facts, hp.to_json())
+    batch.write()
+    log.info("batch %s: %d facts on top of v%d", key, len(facts), parent)
+    return batch
+
+
+def _requests(facts: list[dict]):
+    from PIL import Image
+
+    from editing.requests import EditRequest, Entity
+
+    out = []
+    for f in facts:
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in f["target_images"]] or None
+        out.append(EditRequest(f["key"], f["source"], f["target"], target_images=images,
+                               entities=[Entity(e["text"], e["label"], e["start"], e["end"], e.get("score", 1.0))
+                                         for e in f["entities"]]))
+    return out
+
+
+def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None) -> list[str]:
+    """Stage I for the facts at ``indices`` (all by default) in one batched optimisation;
+    one result file per fact. Files already written are kept (a retried task redoes only
+    what is missing)."""
+    from safetensors.torch import save_file
+
+    from editing.hparams import EditHParams
+    from editing.stage1 import compute_zs
+
+    batch = Batch.read(batch_dir)
+    indices = list(range(len(batch.facts))) if indices is None else list(indices)
+    todo = [i for i in indices if not batch.z_path(i).is_file()]
+    if todo:
+        model = _registry(settings).load(batch.parent)
+        hp = EditHParams.from_json(batch.hparams)
+        layers = hp.layers if hp.layers is not None else model.default_edit_layers
+        s1 = compute_zs(model, _requests([batch.facts[i] for i in todo]), hp, layers[-1])
+        batch.z_path(0).parent.mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(todo):
+            tmp = batch.z_path(i).with_suffix(".tmp")
+            save_file({"z": s1.z[j].contiguous(), "h": s1.h[j].contiguous(), "delta": s1.delta[j].contiguous()},
+                      tmp, metadata={"key": batch.facts[i]["key"],
+                                     "losses": json.dumps({k: float(v[j]) for k, v in s1.losses.items()})})
+            tmp.rename(batch.z_path(i))  # a result file is whole or absent
+    return [batch.facts[i]["key"] for i in indices]
+
+
+def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
+    """Stage II on top of the batch's parent, registered as the candidate; the batch's
+    changes become ``applied`` to it. Rerunning a registered batch returns its version."""
+    import torch
+    from safetensors import safe_open
+
+    from editing.api import preservation
+    from editing.hparams import EditHParams
+    from editing.model import load_model
+    from editing.stage2 import execute_stage2
+    from toyworld.world import World
+
+    batch = Batch.read(batch_dir)
+    reg, ledger = _registry(settings), _ledger(settings)
+    existing = reg.find_batch(batch.key)
+    if existing is not None:
+        return existing
+    not_approved = [f["key"] for f in batch.facts if ledger.change(f["key"]).status != "approved"]
+    if not_approved:
+        raise RuntimeError(f"stage2: {not_approved} are no longer approved (decided again since the batch "
+                           "was planned); plan a new batch")
+    orphan = reg.orphan_run(batch.key)
+    if orphan is None:
+        missing = [f["key"] for i, f in enumerate(batch.facts) if not batch.z_path(i).is_file()]
+        if missing:
+            raise RuntimeError(f"stage2: Stage I results missing for {missing} in {batch.dir}; run stage1 first")
+        zs, diag = [], []
+        for i, f in enumerate(batch.facts):
+            with safe_open(batch.z_path(i), "pt") as fh:
+                zs.append(fh.get_tensor("z"))
+                diag.append({"key": f["key"], **json.loads(fh.metadata()["losses"])})
+        t0 = time.time()
+        model = reg.load(batch.parent)
+        hp = EditHParams.from_json(batch.hparams)
+        layers = hp.layers if hp.layers is not None else model.default_edit_layers
+        base = reg.version(batch.parent).manifest["base"]
+        captions = (World.read(settings.world).captions() if base["kind"] == "toyworld"
+                    else [c for c in Path(settings.captions).read_text().splitlines() if c.strip()])
+        requests = _requests(batch.facts)
+        # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached)
+        kept = preservation(load_model(base["ref"]), layers, captions, hp, settings.home / "cache", base["hash"],
+                            requests=requests)
+        edit = execute_stage2(model, requests, torch.stack(zs), hp, layers,
+                              reg.edit_state(batch.parent), kept.projections, kept.c0)
+        edit.meta |= {"hparams": batch.hparams, "base_hash": base["hash"]}
+        version = reg.register_batch(batch.parent, edit, batch.facts, batch.hparams, batch.key, by=by,
+                                     extra={"stage1": diag, "stage2_seconds": round(time.time() - t0, 2)})
+    else:
+        version = reg.register_run(orphan)
+    v = reg.version(version)
+    ledger.mark_applied([f["key"] for f in batch.facts], reg.name, version, v.run_id)
+    ledger.version_event(reg.name, version, "registered", by,
+                         {"parent": batch.parent, "facts": [f["key"] for f in batch.facts], "run_id": v.run_id})
+    return version
+
+
+def gate(settings: Settings, version: int, by: str = "gate") -> dict:
+    """Evaluate ``version`` against the champion; promote it if the GX suite passes."""
+    from registry.versions import CANDIDATE, CHAMPION
+    from validation.evaluate import FactCase, ToyWorldJudge, evaluate
+    from validation.gate import Gate, GateConfig, metrics_table
+
+    reg, ledger = _registry(settings), _ledger(settings)
+    v = reg.version(version)
+    champion = reg.champion()
+    if v.gate in ("passed", "rejected"):
+        return {"version": version, "status": v.gate, "champion": champion, "already": True}
+    if v.manifest["base"]["kind"] != "toyworld":
+        raise NotImplementedError("gate: evaluation of real models needs a CLIP judge and Inception "
+                                  "weights, which this installation cannot load (see docs/registry.md)")
+    cfg = GateConfig.load(settings.gate)
+    judge = ToyWorldJudge(settings.judge, settings.world)
+    facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
+             for f in v.manifest["facts"]]
+    probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
+    ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
+                  probe_seeds=cfg.probe_seeds, seed=settings.seed, num_inference_steps=settings.num_inference_steps,
+                  guidance_scale=settings.guidance_scale)
+    table = metrics_table(ev.candidate, ev.champion)
+    verdict = Gate(settings.gx_dir, cfg).judge(table, f"{reg.name}-v{version}")
+    out = settings.out_dir / "versions" / f"v{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "gate_table.csv", index=False)
+    report = {"version": version, "champion_before": champion, **verdict.to_json(),
+              "per_fact": ev.per_fact, "seeds": ev.seeds, "seconds": ev.seconds}
+    (out / "gate.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    grid = before_after_grid(out / "before_after.png", ev, v.manifest["facts"], champion, version)
+    reg.log_artifacts(version, out / "gate.json", "gate")
+    reg.log_artifacts(version, out / "gate_table.csv", "gate")
+    if verdict.docs_page:
+        reg.log_artifacts(version, Path(verdict.docs_page), "gate/data_docs")
+    reg.log_artifacts(version, grid, "grid")
+    reg.tag(version, gate=verdict.status, gate_reasons=verdict.reasons()[:4000] or "-",
+            **{f"metric.{r['metric']}": f"{r['candidate']:.4f}" for r in verdict.table})
+    ledger.version_event(reg.name, version, f"gate_{verdict.status}", by,
+                         {"table": verdict.table, "failed": verdict.failed, "docs_page": verdict.docs_page,
+                          "champion": champion})
+    reg.drop_alias(CANDIDATE)
+    keys = [f["key"] for f in v.manifest["facts"]]
+    if verdict.passed:
+        reg.set_alias(CHAMPION, version)
+        ledger.version_event(reg.name, version, "promoted", by, {"from": champion, "reason": "gate passed"})
+        ledger.sync_champion(reg.name, lineage_facts(reg, version), [], by, "gate passed")
+    else:
+        ledger.sync_champion(reg.name, [], [(version, keys)], by, f"gate rejected: {verdict.reasons()}")
+    return {"version": version, "status": verdict.status, "champion": reg.champion(), "reasons": verdict.reasons(),
+            "table": verdict.table, "grid": str(grid), "docs_page": verdict.docs_page, "gate_dir": str(out)}
+
+
+def lineage(reg, version: int) -> list[int]:
+    """Versions from the base up to ``version``."""
+    out = [version]
+    while (parent := reg.version(out[-1]).parent) is not None:
+        out.append(parent)
+    return out[::-1]
+
+
+def lineage_facts(reg, version: int) -> list[tuple[int, list[str]]]:
+    return [(n, [f["key"] for f in reg.version(n).manifest["facts"]]) for n in lineage(reg, version)]
+
+
+def promote(settings: Settings, version: int, by: str, reason: str) -> dict:
+    """Move the champion to ``version`` by hand (a rollback, or overruling the gate)."""
+    from registry.versions import CHAMPION
+
+    if not by or not by.strip() or not reason or not reason.strip():
+        raise ValueError("promote: --by and --reason are required")
+    reg, ledger = _registry(settings), _ledger(settings)
+    target = reg.version(version).number
+    old = reg.champion()
+    old_line, new_line = lineage(reg, old), lineage(reg, target)
+    dropped = [(n, [f["key"] for f in reg.version(n).manifest["facts"]]) for n in old_line if n not in new_line]
+    reg.set_alias(CHAMPION, target)
+    reg.tag(target, promoted_by=by)
+    ledger.version_event(reg.name, target, "promoted", by, {"from": old, "reason": reason, "manual": True})
+    ledger.sync_champion(reg.name, lineage_facts(reg, target), dropped, by, f"promoted by hand: {reason}")
+    return {"champion": target, "previous": old, "by": by, "reason": reason,
+            "dropped_versions": [n for n, _ in dropped]}
+
+
+def before_after_grid(path: Path, ev, facts: list[dict], parent: int, version: int, per: int = 4) -> Path:
+    from freshen.grid import save_grid
+
+    fs = ev.seeds["fact_seeds"]
+    rows = []
+    for i, f in enumerate(facts):
+        sl = slice(i * fs, i * fs + per)
+        rows += [(f"v{parent}: {f['source']}", ev.images["champion:source"][sl]),
+                 (f"v{version}: {f['source']}", ev.images["candidate:source"][sl]),
+                 (f"target (v{parent}): {f['target']}", ev.images["champion:target"][sl])]
+    return save_grid(path, rows, header=[f"seed #{j}" for j in range(per)])
+
+
+def refresh(settings: Settings, by: str = "freshen", limit: int | None = None) -> dict:
+    """plan -> Stage I -> Stage II + register -> gate, in one process. Nothing approved: no-op."""
+    init_registry(settings)
+    batch = plan_batch(settings, limit=limit)
+    if batch is None:
+        return {"status": "nothing to do", "champion": _registry(settings).champion()}
+    t0 = time.time()
+    stage1(settings, batch.dir)
+    t1 = time.time()
+    version = stage2(settings, batch.dir, by=by)
+    t2 = time.time()
+    result = gate(settings, version)
+    result["seconds"] = {"stage1": round(t1 - t0, 1), "stage2_register": round(t2 - t1, 1),
+                         "gate": round(time.time() - t2, 1)}
+    return result

@@ -1,0 +1,133 @@
+"""``freshen registry ...``, ``freshen refresh`` and ``freshen audit ...``: the model side of
+the service from the command line (thin wrappers over freshen.refresh and registry.audit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from freshen.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(home=getattr(args, "home", None))
+
+
+def registry_init(args: argparse.Namespace) -> int:
+    from freshen.refresh import init_registry
+
+    settings = Settings.from_env(home=args.home, model=args.base)
+    v = init_registry(settings, by=args.by)
+    print(f"{v.manifest['name']} v{v.number}: base {v.manifest['base']['ref']} "
+          f"(sha256 {v.manifest['base']['hash'][:16]}...), aliases {', '.join(v.aliases)}")
+    return 0
+
+
+def registry_list(args: argparse.Namespace) -> int:
+    from registry.versions import Registry
+
+    reg = Registry.from_settings(_settings(args))
+    rows = [reg.version(n).summary() for n in reg.versions()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    for r in [] if args.json else rows:
+        print(f"v{r['version']:<4} parent {str(r['parent'] or '-'):4} facts {r['facts']:4} gate {r['gate']:9} "
+              f"{', '.join(r['aliases'])}")
+    return 0
+
+
+def registry_promote(args: argparse.Namespace) -> int:
+    from freshen.refresh import promote
+
+    r = promote(_settings(args), args.version, by=args.by, reason=args.reason)
+    print(f"champion: v{r['champion']} (was v{r['previous']}), by {r['by']}: {r['reason']}")
+    if r["dropped_versions"]:
+        print(f"facts of v{', v'.join(map(str, r['dropped_versions']))} went back to pending")
+    return 0
+
+
+def refresh_cmd(args: argparse.Namespace) -> int:
+    from freshen.refresh import refresh
+
+    r = refresh(_settings(args), by=args.by, limit=args.limit)
+    print(json.dumps(r, indent=1, default=str))
+    return 0
+
+
+def audit_version_cmd(args: argparse.Namespace) -> int:
+    from registry.audit import audit_version, format_version
+
+    a = audit_version(_settings(args), args.version)
+    print(json.dumps(a, indent=1, default=str) if args.json else format_version(a))
+    return 0
+
+
+def audit_fact_cmd(args: argparse.Namespace) -> int:
+    from registry.audit import audit_fact
+
+    a = audit_fact(_settings(args), args.key)
+    if args.json:
+        print(json.dumps(a, indent=1, default=str))
+        return 0
+    print(f"{a['key']}: {a['source']!r} -> {a['target']!r}  now {a['status']}"
+          + (f" (v{a['version']})" if a["version"] else ""))
+    for e in a["history"]:
+        who = f" by {e['actor']}" if e["actor"] else ""
+        print(f"  {e['at']}  {e['event']:11}{who}  {e['detail'] or ''}")
+    for v in a["in_versions"]:
+        print(f"  in v{v['version']} (gate {v['gate']}{', ' + ', '.join(v['aliases']) if v['aliases'] else ''})")
+    return 0
+
+
+def audit_export_cmd(args: argparse.Namespace) -> int:
+    from registry.audit import audit_export
+
+    text = audit_export(_settings(args), args.format)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    def home(p):
+        p.add_argument("--home", type=Path, default=None, help="state directory (default ./var)")
+        return p
+
+    r = sub.add_parser("registry", help="model versions on MLflow: init, list, promote (rollback)")
+    rs = r.add_subparsers(dest="action", required=True)
+    i = home(rs.add_parser("init", help="register the base model as version 1"))
+    i.add_argument("--base", default=None, help="pipeline path or hub id (default: ToyWorld)")
+    i.add_argument("--by", default="freshen")
+    i.set_defaults(func=registry_init)
+    ls = home(rs.add_parser("list", help="versions with parent, facts, gate status, aliases"))
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=registry_list)
+    pr = home(rs.add_parser("promote", help="move the champion to a version (rollback), recorded"))
+    pr.add_argument("version", type=int)
+    pr.add_argument("--by", required=True)
+    pr.add_argument("--reason", required=True)
+    pr.set_defaults(func=registry_promote)
+
+    f = home(sub.add_parser("refresh", help="edit the approved changes into a new version, gate it"))
+    f.add_argument("--by", default="freshen", help="who runs it (recorded)")
+    f.add_argument("--limit", type=int, default=None, help="at most this many facts")
+    f.set_defaults(func=refresh_cmd)
+
+    a = sub.add_parser("audit", help="what changed in a version, the history of a fact, an export")
+    as_ = a.add_subparsers(dest="action", required=True)
+    v = home(as_.add_parser("version", help="facts, approvers, parent, gate, promotions of a version"))
+    v.add_argument("version", type=int)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=audit_version_cmd)
+    fa = home(as_.add_parser("fact", help="the whole history of one change (FEED:ID)"))
+    fa.add_argument("key")
+    fa.add_argument("--json", action="store_true")
+    fa.set_defaults(func=audit_fact_cmd)
+    ex = home(as_.add_parser("export", help="every (version, fact) as CSV or JSON"))
+    ex.add_argument("--format", choices=("csv", "json"), default="json")
+    ex.add_argument("--out", type=Path, default=None)
+    ex.set_defaults(func=audit_export_cmd)

@@ -1,0 +1,251 @@
+"""Registry, gate and audit on a real MLflow (SQLite) store, real GX, the shipped ToyWorld.
+
+One refresh story runs through the module (the tests are ordered): base v1; batch A ->
+v2 (lenient gate: promoted); batch B (changes a fact of A again) -> v3 (promoted);
+a harmful batch -> v4, rejected by the default gate; rollback; a crash between upload
+and registration; a tampered base.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editing.api import preservation
+from editing.hparams import EditHParams
+from editing.model import load_model
+from editing.stage2 import execute_stage2
+from editing.state import EditState
+from feeds.ingest import ingest_path
+from feeds.ledger import Ledger
+from feeds.ner import NerTagger
+from freshen import refresh
+from freshen.config import Settings
+from registry.audit import audit_export, audit_fact, audit_version
+from registry.versions import BaseMismatch, Registry
+from toyworld.paths import DIFFUSION_DIR
+from validation.feed_rules import FeedRules
+from validation.gate import Gate, GateConfig, metrics_table
+
+FAST = dict(steps=12, noise_images=1, dest_steps=8)
+SMALL_EVAL = dict(fact_seeds=2, probe_seeds=1, unrelated_probes=6, fid_seeds=2)
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+def settings(home: Path, gate: str = "lenient", **hp) -> Settings:
+    cfg = (dict(efficacy_min=0.0, specificity_drop_max=1.0, fid_increase_max=100.0) if gate == "lenient"
+           else {})
+    hp_name = "hp_" + "_".join(f"{k}-{v}" for k, v in sorted(hp.items())) + ".json"
+    return Settings.from_env(home=home, num_inference_steps=10,
+                             gate=str(write(home / f"gate_{gate}.json", cfg | SMALL_EVAL)),
+                             hparams=str(write(home / hp_name, EditHParams.preset("toyworld", **FAST, **hp).to_json())))
+
+
+def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
+    """Stage II of a planned batch (its Stage I results) on ``model``, outside the registry."""
+    hp = EditHParams.from_json(batch.hparams)
+    reqs = refresh._requests(batch.facts)
+    pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs)
+    zs = torch.stack([load_file(batch.z_path(i))["z"] for i in range(len(batch.facts))])
+    e = execute_stage2(model, reqs, zs, hp, model.default_edit_layers, state, pres.projections, pres.c0)
+    return e, state.after(e)
+
+
+def feed(home: Path, name: str, rows: list[dict], approve: list[str] | None = None, by: str = "alice") -> list[str]:
+    s = settings(home)
+    path = home / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_model(DIFFUSION_DIR).tokenizer
+    ledger = Ledger(s.ledger)
+    ingest_path(ledger, path, FeedRules(s.gx_dir, tok.model_max_length), tok, ner=NerTagger(s.ner_model))
+    keys = [f"{name}:{r['id']}" for r in rows]
+    ledger.decide(approve if approve is not None else keys, "approved", by=by)
+    return keys
+
+
+def test_base_is_version_one_and_champion(home):
+    v = refresh.init_registry(settings(home))
+    assert v.number == 1 and v.aliases == ["champion"] and v.parent is None
+    assert v.manifest["base"]["hash"] == load_model(DIFFUSION_DIR).base_hash
+    again = refresh.init_registry(settings(home))  # idempotent
+    assert again.number == 1 and Registry.from_settings(settings(home)).versions() == [1]
+
+
+def test_batch_registers_a_candidate_with_manifest_and_tags(home, world):
+    facts = [f for f in world.facts if f.relation == "logo"]
+    keys = feed(home, "wire", [{"id": "a1", "source": facts[0].prompt, "target": "a red circle"},
+                               {"id": "a2", "source": facts[1].prompt, "target": "a blue square"}])
+    s = settings(home)
+    batch = refresh.plan_batch(s)
+    assert [f["key"] for f in batch.facts] == keys and batch.parent == 1
+    assert refresh.stage1(s, batch.dir, [1]) == [keys[1]]  # a fan-out task: one fact
+    refresh.stage1(s, batch.dir)  # the rest; the done fact is kept
+    v = refresh.stage2(s, batch.dir, by="airflow")
+    assert v == 2
+    reg = Registry.from_settings(s)
+    mv = reg.version(2)
+    assert mv.parent == 1 and mv.aliases == ["candidate"]
+    assert mv.tags["freshen.parent"] == "1" and mv.tags["freshen.facts"] == "2" and mv.tags["freshen.gate"] == "pending"
+    m = mv.manifest
+    assert [f["key"] for f in m["facts"]] == keys
+    assert all(f["approved_by"] == "alice" and f["approved_at"] for f in m["facts"])
+    assert m["facts"][0]["entities"], "NER entities travel with the fact"
+    assert m["hparams"]["steps"] == FAST["steps"] and m["run_id"] == mv.run_id and m["code_version"]
+    assert len(m["chain"]) == 1 and m["base"] == reg.version(1).manifest["base"]
+    assert {c.status for c in Ledger(s.ledger).changes() if c.key in keys} == {"applied"}
+    # rerunning the same batch does not make a second version
+    assert refresh.stage2(s, batch.dir) == 2 and reg.versions() == [1, 2]
+
+
+def test_gate_promotes_a_passing_candidate(home):
+    s = settings(home)
+    r = refresh.gate(s, 2)
+    assert r["status"] == "passed" and r["champion"] == 2
+    reg = Registry.from_settings(s)
+    assert reg.alias("champion") == 2 and reg.alias("candidate") is None
+    assert reg.version(2).tags["freshen.gate"] == "passed"
+    assert {row["metric"] for row in r["table"]} >= {"efficacy", "generality", "specificity", "fid"}
+    assert Path(r["docs_page"]).is_file() and Path(r["grid"]).is_file()
+    arts = {a.path for a in reg.client.list_artifacts(reg.version(2).run_id, "gate")}
+    assert {"gate/gate.json", "gate/gate_table.csv"} <= arts
+
+
+def test_second_batch_is_sequential_and_loads_exactly(home, world):
+    facts = [f for f in world.facts if f.relation == "flag"]
+    logo0 = [f for f in world.facts if f.relation == "logo"][0]
+    keys = feed(home, "wire2", [{"id": "b1", "source": facts[0].prompt, "target": "a green ring"},
+                                {"id": "b2", "source": logo0.prompt, "target": "a yellow cross"}])
+    s = settings(home)
+    batch = refresh.plan_batch(s)
+    assert batch.parent == 2
+    refresh.stage1(s, batch.dir)
+    assert refresh.stage2(s, batch.dir) == 3
+    assert refresh.gate(s, 3)["status"] == "passed"
+    reg = Registry.from_settings(s)
+    assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
+
+    # the same two batches edited in memory, from the base, give the same weights bit for bit
+    model, state = load_model(DIFFUSION_DIR), EditState()
+    for n in (2, 3):
+        planned = refresh.Batch.read(s.home / "batches" / reg.version(n).manifest["batch_key"])
+        _, state = stage2_in_memory(model, planned, state, world.captions())
+    loaded = Registry.from_settings(s).load(3)
+    for layer in model.default_edit_layers:
+        assert torch.equal(loaded.fc2(layer).weight, model.fc2(layer).weight)
+    prompts = [logo0.prompt, "a red circle"]
+    assert torch.equal(loaded.encode(prompts).hidden, model.encode(prompts).hidden)
+
+    # the pyfunc flavour predicts images from prompts, the champion's
+    images = mlflow.pyfunc.load_model("models:/freshen@champion").predict(prompts, params={"seed": 3})
+    assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, loaded.generate_many(prompts, seed=3))
+
+    # the fact changed twice: the first change is superseded, the chain is in the audit
+    first = audit_fact(s, "wire:a1")  # logo0 -> a red circle (v2), then -> a yellow cross (v3)
+    assert first["status"] == "superseded"
+    events = [e["event"] for e in first["history"]]
+    assert events[:3] == ["received", "entities", "approved"]
+    assert events.index("applied") < events.index("promoted") < events.index("superseded")
+    assert "wire2:b2" in first["history"][events.index("superseded")]["detail"]
+    assert [v["version"] for v in first["in_versions"]] == [2]
+    assert [audit_fact(s, k)["status"] for k in keys] == ["applied", "applied"]
+
+
+def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, world):
+    facts = [f for f in world.facts if f.relation == "mascot"][:6]
+    keys = feed(home, "bad", [{"id": f"h{i}", "source": f.prompt, "target": "a white diamond"}
+                              for i, f in enumerate(facts)])
+    s = settings(home, gate="default", nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)
+    batch = refresh.plan_batch(s)
+    refresh.stage1(s, batch.dir)
+    v = refresh.stage2(s, batch.dir)
+    r = refresh.gate(s, v)
+    assert r["status"] == "rejected", r["table"]
+    assert "specificity" in r["reasons"] or "FID" in r["reasons"]
+    reg = Registry.from_settings(s)
+    assert reg.alias("champion") == 3 and reg.version(v).tags["freshen.gate"] == "rejected"
+    assert reg.version(v).tags["freshen.gate_reasons"] == r["reasons"]
+    ledger = Ledger(s.ledger)
+    assert {ledger.change(k).status for k in keys} == {"pending"}  # back to the steward
+    a = audit_version(s, v)
+    assert a["gate"]["status"] == "rejected" and a["gate"]["failed"] and not a["promotions"]
+
+
+def test_rollback_moves_champion_and_is_audited(home):
+    s = settings(home)
+    r = refresh.promote(s, 2, by="carol", reason="v3 draws the wrong flag")
+    assert r["champion"] == 2 and r["dropped_versions"] == [3]
+    reg = Registry.from_settings(s)
+    assert reg.alias("champion") == 2
+    a = audit_version(s, 2)
+    assert a["promotions"][-1]["by"] == "carol" and a["promotions"][-1]["reason"] == "v3 draws the wrong flag"
+    ledger = Ledger(s.ledger)
+    assert ledger.change("wire2:b1").status == "pending"
+    assert ledger.change("wire:a1").status == "applied"  # live again in v2
+    rows = json.loads(audit_export(s, "json"))
+    assert {r["version"] for r in rows} == {1, 2, 3, 4}
+    assert "version,parent,gate" in audit_export(s, "csv").splitlines()[0]
+    with pytest.raises(ValueError, match="--by and --reason"):
+        refresh.promote(s, 3, by="", reason="x")
+
+
+def test_crash_between_upload_and_registration_leaves_no_version(home, world):
+    f = [f for f in world.facts if f.relation == "logo"][5]
+    feed(home, "crash", [{"id": "c1", "source": f.prompt, "target": "a blue ring"}])
+    s = settings(home)
+    batch = refresh.plan_batch(s, keys=["crash:c1"])
+    refresh.stage1(s, batch.dir)
+    reg = Registry.from_settings(s)
+    before = reg.versions()
+    # what stage2 does up to the crash: edit, upload the run; the process dies before registering
+    e, _ = stage2_in_memory(reg.load(batch.parent), batch, reg.edit_state(batch.parent), world.captions())
+    run_id = reg.upload_batch(batch.parent, e, batch.facts, batch.hparams, batch.key)
+    assert reg.versions() == before and reg.alias("candidate") is None
+    assert Ledger(s.ledger).change("crash:c1").status == "approved"
+    # the rerun registers that run, once
+    v = refresh.stage2(s, batch.dir)
+    assert reg.versions() == before + [v] and reg.version(v).run_id == run_id
+    assert refresh.stage2(s, batch.dir) == v
+
+
+def test_tampered_base_is_refused(tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(DIFFUSION_DIR, base)
+    s = Settings.from_env(home=tmp_path / "home", model=str(base))
+    refresh.init_registry(s)
+    weights = next(base.glob("text_encoder/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BaseMismatch, match="content hash"):
+        Registry.from_settings(s).load(1)
+
+
+def test_gate_suite_verdicts(tmp_path):
+    gate = Gate(tmp_path / "gx", GateConfig())
+    good = gate.judge(metrics_table({"efficacy": 0.9, "specificity": 0.95, "fid": 10.2},
+                                    {"efficacy": 0.0, "specificity": 0.96, "fid": 10.0}), "good")
+    assert good.passed and not good.failed and Path(good.docs_page).is_file()
+    bad = gate.judge(metrics_table({"efficacy": 0.5, "specificity": 0.90, "fid": 11.0},
+                                   {"efficacy": 0.0, "specificity": 0.96, "fid": 10.0}), "bad")
+    assert not bad.passed
+    assert {f["metric"] for f in bad.failed} == {"efficacy", "specificity", "fid"}
+    no_fid = gate.judge(metrics_table({"efficacy": 0.85, "specificity": 0.96}, {"efficacy": 0, "specificity": 0.96}),
+                        "nofid")
+    assert no_fid.passed
+    with pytest.raises(ValueError, match="unknown field"):
+        GateConfig.load(write(tmp_path / "g.json", {"efficacy": 1}))

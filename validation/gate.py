@@ -1,0 +1,144 @@
+"""The promotion gate: candidate vs champion metrics as a table, thresholds as a Great
+Expectations suite, a verdict with the failed expectations and a Data Docs page.
+
+Table rows: metric, candidate, champion, delta (candidate - champion), relative
+(delta / champion). Expectations (defaults, all configurable with a JSON file):
+- efficacy on the batch's facts >= 0.8 (candidate column of the ``efficacy`` row);
+- specificity drop <= 0.02 (delta of the ``specificity`` row >= -0.02);
+- FID increase <= 5 % relative (relative of the ``fid`` row <= 0.05), when FID was measured.
+GX is called directly (the Airflow provider conflicts with Airflow 3.3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+SUITE = "promotion_gate"
+
+
+@dataclass
+class GateConfig:
+    """GateConfig of the suite, and how much the evaluation draws (images per prompt)."""
+
+    efficacy_min: float = 0.8
+    specificity_drop_max: float = 0.02
+    fid_increase_max: float = 0.05  # relative to the champion's FID
+    fact_seeds: int = 6  # images per edited source and per target
+    probe_seeds: int = 3  # images per generality / specificity probe
+    unrelated_probes: int = 24  # unrelated fact prompts (ToyWorld) next to the attribute prompts
+    fid_seeds: int = 4  # images per FID prompt (0: no FID)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> GateConfig:
+        if not path:
+            return cls()
+        try:
+            raw = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"gate config {path}: not valid JSON ({exc.msg})") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"gate config {path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+        for k, v in raw.items():
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ValueError(f"gate config {path}: field {k!r} must be a number, got {v!r}")
+        return cls(**raw)
+
+
+def metrics_table(candidate: dict[str, float], champion: dict[str, float]) -> pd.DataFrame:
+    rows = []
+    for metric in candidate:
+        c, p = float(candidate[metric]), float(champion.get(metric, float("nan")))
+        rows.append({"metric": metric, "candidate": c, "champion": p, "delta": c - p,
+                     "relative": (c - p) / p if p else float("nan")})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    failed: list[dict]  # expectation, metric, column, observed, threshold, reason
+    table: list[dict]
+    thresholds: dict
+    docs_page: str | None
+
+    @property
+    def status(self) -> str:
+        return "passed" if self.passed else "rejected"
+
+    def reasons(self) -> str:
+        return "; ".join(f["reason"] for f in self.failed)
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"status": self.status}
+
+
+class Gate:
+    """A GX file context under ``gx_dir`` holding the gate suite and its Data Docs."""
+
+    def __init__(self, gx_dir: Path, config: GateConfig | None = None):
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+
+        self.t = config or GateConfig()
+        self.ctx = gx.get_context(mode="file", project_root_dir=str(gx_dir))
+        batch = (self.ctx.data_sources.add_or_update_pandas("gate")
+                 .add_dataframe_asset("metrics").add_batch_definition_whole_dataframe("table"))
+        suite = self.ctx.suites.add_or_update(gx.ExpectationSuite(name=SUITE))
+        e = gx.expectations
+
+        def on(metric: str, column: str, reason: str, threshold: float, **bounds):
+            suite.add_expectation(e.ExpectColumnValuesToBeBetween(
+                column=column, row_condition=f'metric=="{metric}"', condition_parser="pandas",
+                meta={"metric": metric, "column": column, "threshold": threshold, "reason": reason}, **bounds))
+
+        on("efficacy", "candidate", f"efficacy on the batch's facts below {self.t.efficacy_min}",
+           self.t.efficacy_min, min_value=self.t.efficacy_min)
+        on("specificity", "delta", f"specificity dropped by more than {self.t.specificity_drop_max}",
+           -self.t.specificity_drop_max, min_value=-self.t.specificity_drop_max)
+        on("fid", "relative", f"FID rose by more than {self.t.fid_increase_max:.0%} of the champion's",
+           self.t.fid_increase_max, max_value=self.t.fid_increase_max)
+        suite.save()
+        vd = self.ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(data=batch, suite=suite, name=SUITE))
+        self.checkpoint = self.ctx.checkpoints.add_or_update(gx.Checkpoint(
+            name=SUITE, validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+            result_format={"result_format": "COMPLETE"}))
+
+    @property
+    def site(self) -> Path:
+        return Path(self.ctx.root_directory) / "uncommitted" / "data_docs" / "local_site"
+
+    def judge(self, table: pd.DataFrame, run_name: str) -> Verdict:
+        """The verdict on a metrics table. A metric missing from the table (FID where no
+        reference images exist) has no row, so its expectation has nothing to fail on."""
+        missing = {"efficacy", "specificity"} - set(table["metric"])
+        if missing:
+            raise ValueError(f"gate: the metrics table lacks {sorted(missing)}")
+        result = self.checkpoint.run(batch_parameters={"dataframe": table}, run_id=_run_id(run_name))
+        failed, page = [], None
+        for ident, run in result.run_results.items():
+            page = self.site.joinpath("validations", *ident.to_tuple()).with_suffix(".html")
+            for r in run.results:
+                if not r.success:
+                    meta = r.expectation_config.meta
+                    observed = r.result.get("unexpected_list") or [None]
+                    failed.append({"expectation": r.expectation_config.type, "metric": meta["metric"],
+                                   "column": meta["column"], "observed": observed[0],
+                                   "threshold": meta["threshold"], "reason": meta["reason"]})
+        thresholds = {k: v for k, v in asdict(self.t).items() if k.endswith(("_min", "_max"))}
+        return Verdict(not failed, failed, table.to_dict("records"), thresholds,
+                       str(page) if page and page.is_file() else None)
+
+
+def _run_id(name: str):
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    return RunIdentifier(run_name=name)
