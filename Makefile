@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint check clean bench-edit bench-speed bench-feeds
+.PHONY: venv demo test lint check clean bench-edit bench-speed bench-feeds bench-registry bench-demo
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ bench-speed: venv
 
 bench-feeds: venv
 	$(BIN)/python -m bench.feeds_throughput
+
+bench-registry: venv
+	$(BIN)/python -m bench.registry_storage
+
+bench-demo: venv
+	$(BIN)/python -m bench.demo_time
 
 clean:
 	rm -rf var .pytest_cache

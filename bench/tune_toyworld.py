@@ -34,6 +34,8 @@ SETTINGS = [
     dict(nullspace_mode="energy", nullspace_threshold=1e-2, beta=0.1),
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=0.1),
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=0.01),
+    dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=1.0),
+    dict(nullspace_mode="energy", nullspace_threshold=1e-4, beta=1.0),
 ]
 
 

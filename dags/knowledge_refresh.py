@@ -1,8 +1,9 @@
 """knowledge_refresh: feed -> validation + NER -> steward approval -> Stage I per fact ->
 Stage II + candidate -> gate -> promote or hold -> audit.
 
-Scheduled (cron, FRESHEN_REFRESH_CRON, default daily at 03:00 UTC) and triggered by the
-feed drop Asset (a producer, or the REST API, emits an event after writing a feed file).
+Scheduled (cron, FRESHEN_REFRESH_CRON, default daily at 03:00 UTC; "none": no timed runs)
+and triggered by the feed drop Asset (a producer, or the REST API, emits an event after
+writing a feed file).
 Every task calls one library function (freshen.refresh, freshen.approval); XCom carries
 ids and paths only; nothing heavy is imported at the top of this file.
 """
@@ -18,6 +19,7 @@ from freshen.approval import StewardApproval
 
 FEED_DROP = Asset(os.environ.get("FRESHEN_FEED_ASSET", "file:///freshen/feeds/drop"), group="freshen")
 POOL = os.environ.get("FRESHEN_STAGE1_POOL", "gpu")
+CRON = os.environ.get("FRESHEN_REFRESH_CRON", "0 3 * * *")
 APPROVAL_TIMEOUT = timedelta(minutes=float(os.environ.get("FRESHEN_APPROVAL_TIMEOUT_MINUTES", 24 * 60)))
 
 
@@ -29,9 +31,8 @@ def _settings():
 
 with DAG(
     dag_id="knowledge_refresh",
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(os.environ.get("FRESHEN_REFRESH_CRON", "0 3 * * *"), timezone="UTC"),
-        assets=FEED_DROP),
+    schedule=(AssetOrTimeSchedule(timetable=CronTriggerTimetable(CRON, timezone="UTC"), assets=FEED_DROP)
+              if CRON.lower() != "none" else FEED_DROP),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # edits are sequential: one refresh at a time
@@ -72,7 +73,8 @@ with DAG(
     def fan_out(batch: dict) -> list[dict]:
         return [{"batch_dir": batch["dir"], "index": i, "key": k} for i, k in enumerate(batch["facts"])]
 
-    @task(pool=POOL, retries=2, map_index_template="{{ fact_key }}")
+    @task(pool=POOL, retries=2, map_index_template="{{ fact_key }}",
+          retry_delay=timedelta(seconds=float(os.environ.get("FRESHEN_STAGE1_RETRY_DELAY_SECONDS", 30))))
     def stage1(item: dict) -> str:
         """Stage I for one fact (a mapped task per fact)."""
         from pathlib import Path

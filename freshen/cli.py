@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError) as exc:
+    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError, RuntimeError) as exc:
         print(f"freshen: error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,11 +32,14 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
     t0 = time.time()
     settings.policy = str(policy)
     os.environ["FRESHEN_POLICY"] = str(policy)
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # task logs stay in the files
     env = airflow_local.airflow_env(settings)
     settings.drop_dir.mkdir(parents=True, exist_ok=True)
     dropped = settings.drop_dir / feed.name
     if not dropped.exists():
         shutil.copyfile(feed, dropped)
+    print(f"running the knowledge_refresh DAG with dag.test() (Airflow home {env['AIRFLOW_HOME']}) ...",
+          flush=True)
     run = airflow_local.run_dag(settings)
 
     from freshen.refresh import _registry, lineage

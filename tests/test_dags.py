@@ -77,3 +77,26 @@ def test_refresh_dag_end_to_end_lands_only_approved_facts(tmp_path, world):
     again = json.loads(run(["registry", "list", "--json"], env).stdout)
     run(["demo", "--feed", str(feed), "--policy", str(no_policy)], env)
     assert json.loads(run(["registry", "list", "--json"], env).stdout) == again
+
+
+def test_failing_stage1_stops_the_run_before_registration(tmp_path, world):
+    """A destination image that vanished after validation: Stage I fails, is retried, fails
+    again; nothing is registered and the change stays approved for the next run."""
+    from PIL import Image
+
+    env = env_for(tmp_path)
+    f = [f for f in world.facts if f.relation == "logo"][15]
+    Image.new("RGB", (16, 16), (200, 20, 20)).save(tmp_path / "red.png")
+    feed = tmp_path / "pics.jsonl"
+    feed.write_text(json.dumps({"id": "p0", "source": f.prompt, "target_images": ["red.png"]}) + "\n")
+    run(["feeds", "ingest", str(feed)], env)
+    run(["facts", "approve", "pics:p0", "--by", "alice"], env)
+    (tmp_path / "red.png").unlink()
+    (tmp_path / "none.json").write_text(json.dumps({"name": "none", "auto_approve": []}))
+    p = subprocess.run(FREQ + ["demo", "--feed", str(feed), "--policy", str(tmp_path / "none.json")],
+                       env=env | {"FRESHEN_STAGE1_RETRY_DELAY_SECONDS": "1"}, cwd=PROJECT,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode != 0 and "stage1" in p.stderr and "failed" in p.stderr
+    assert [v["version"] for v in json.loads(run(["registry", "list", "--json"], env).stdout)] == [1]
+    listing = {r["key"]: r for r in json.loads(run(["facts", "list", "--json"], env).stdout)}
+    assert listing["pics:p0"]["status"] == "approved"

@@ -1,0 +1,169 @@
+"""A real Airflow: ``airflow standalone`` on loopback with its own AIRFLOW_HOME and SQLite.
+
+Trigger the refresh DAG through the REST API v2, wait for the steward task, approve two
+changes and leave the third out through the HITL REST endpoint, wait for the run; then a
+new champion holds exactly the two approved facts, and the third is rejected in the
+ledger under the responding user's name.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from editing.hparams import EditHParams
+
+PROJECT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("airflow")
+    port = free_port()
+    hp, gate = tmp / "hp.json", tmp / "gate.json"
+    EditHParams.preset("toyworld", steps=8, noise_images=1, dest_steps=6).save(hp)
+    gate.write_text(json.dumps({"efficacy_min": 0.0, "specificity_drop_max": 1.0, "fid_increase_max": 100.0,
+                                "fact_seeds": 1, "probe_seeds": 1, "unrelated_probes": 2, "fid_seeds": 0}))
+    env = os.environ | {
+        "AIRFLOW_HOME": str(tmp / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "FRESHEN_REFRESH_CRON": "none",  # only the runs the tests trigger
+        "FRESHEN_APPROVAL_TIMEOUT_MINUTES": "0.75",
+        "FRESHEN_HOME": str(tmp / "home"),
+        "FRESHEN_HPARAMS": str(hp),
+        "FRESHEN_GATE": str(gate),
+        "FRESHEN_NUM_INFERENCE_STEPS": "8",
+        "FRESHEN_FEED_ASSET": (tmp / "home" / "drop").as_uri(),
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
+    subprocess.run([BIN / "airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([BIN / "airflow", "pools", "set", "gpu", "2", "Stage I"], env=env, check=True,
+                   capture_output=True, timeout=120)
+    log = open(tmp / "standalone.log", "w")
+    proc = subprocess.Popen([BIN / "airflow", "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=tmp, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            try:
+                if requests.get(f"{base}/api/v2/monitor/health", timeout=5).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, (tmp / "standalone.log").read_text()[-3000:]
+            assert time.time() < deadline, "airflow standalone did not come up in 4 minutes"
+            time.sleep(3)
+        token = requests.get(f"{base}/auth/token", timeout=10).json()["access_token"]
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+        yield {"base": base, "session": session, "env": env, "tmp": tmp, "log": tmp / "standalone.log"}
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
+
+
+def wait(what, check, timeout: float, log: Path):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(3)
+    raise AssertionError(f"timed out waiting for {what}; standalone log tail:\n{log.read_text()[-3000:]}")
+
+
+def freshen(env, *args) -> str:
+    p = subprocess.run([sys.executable, "-m", "freshen.cli", *args], env=env, cwd=PROJECT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def trigger(s, api: str) -> str:
+    r = s.post(f"{api}/dags/knowledge_refresh/dagRuns", json={"logical_date": None}, timeout=10)
+    assert r.ok, r.text
+    return f"{api}/dags/knowledge_refresh/dagRuns/{r.json()['dag_run_id']}"
+
+
+def finished(s, runs: str):
+    state = s.get(runs, timeout=10).json()["state"]
+    return state if state in ("success", "failed") else None
+
+
+def test_steward_approves_two_of_three_through_the_rest_api(airflow, world):
+    api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
+    facts = [f for f in world.facts if f.relation == "flag"][20:23]
+    drop = Path(env["FRESHEN_HOME"]) / "drop"
+    drop.mkdir(parents=True, exist_ok=True)
+    (drop / "desk.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i}", "source": f.prompt, "target": t, "ref": "https://desk.example/1"}) + "\n"
+        for i, (f, t) in enumerate(zip(facts, ["a red ring", "a blue cross", "a green circle"], strict=True))))
+
+    wait("the DAG to be parsed", lambda: s.get(f"{api}/dags/knowledge_refresh", timeout=10).ok, 240, log)
+    s.patch(f"{api}/dags/knowledge_refresh", json={"is_paused": False}, timeout=10).raise_for_status()
+    runs = trigger(s, api)
+
+    def hitl_waiting():
+        items = s.get(f"{runs}/hitlDetails", timeout=10).json().get("hitl_details", [])
+        return items[0] if items else None
+
+    detail = wait("the steward approval task", hitl_waiting, 480, log)
+    keys = [f"desk:s{i}" for i in range(3)]
+    assert set(keys) <= set(detail["options"]) and "desk.example" in detail["body"]
+    r = s.patch(f"{runs}/taskInstances/steward_approval/-1/hitlDetails",
+                json={"chosen_options": keys[:2], "params_input": {}}, timeout=10)
+    assert r.ok, r.text
+
+    assert wait("the run to finish", lambda: finished(s, runs), 900, log) == "success"
+    answered = s.get(f"{runs}/taskInstances/steward_approval/-1/hitlDetails", timeout=10).json()
+    responder = answered["responded_by_user"]["name"]
+    assert answered["chosen_options"] == keys[:2] and responder
+    versions = json.loads(freshen(env, "registry", "list", "--json"))
+    champion = next(v for v in versions if "champion" in v["aliases"])
+    audit = json.loads(freshen(env, "audit", "version", str(champion["version"]), "--json"))
+    assert champion["version"] == 2 and [f["key"] for f in audit["facts"]] == keys[:2]
+    listing = {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}
+    assert listing[keys[2]]["status"] == "rejected"
+    assert listing[keys[2]]["decided_by"] == responder
+    assert listing[keys[0]]["decided_by"] == listing[keys[2]]["decided_by"]
+    assert {listing[k]["status"] for k in keys[:2]} == {"applied"}
+
+
+def test_no_answer_before_the_timeout_rejects(airflow, world):
+    api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
+    f = [f for f in world.facts if f.relation == "mascot"][30]
+    drop = Path(env["FRESHEN_HOME"]) / "drop"
+    (drop / "late.jsonl").write_text(json.dumps({"id": "t0", "source": f.prompt, "target": "a red cross"}) + "\n")
+    before = json.loads(freshen(env, "registry", "list", "--json"))
+    runs = trigger(s, api)
+    assert wait("the run to finish", lambda: finished(s, runs), 600, log) == "success"
+    row = {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}["late:t0"]
+    assert row["status"] == "rejected" and row["decided_by"] == "timeout"
+    assert "timeout" in row["comment"]
+    assert json.loads(freshen(env, "registry", "list", "--json")) == before  # nothing landed
