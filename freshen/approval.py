@@ -6,11 +6,14 @@ their source, target, NER entities and provenance. The steward picks the changes
 ledger under the steward's name. No answer before ``response_timeout``: the default option
 ``Reject all`` is taken, so silence never approves anything. Changes approved by a policy
 (trusted feeds) are already ``approved`` and are not asked about. Nothing waiting: the
-task returns at once without asking.
+task returns at once without asking. Headless runs (``make demo`` with ``dag.test``, where no
+one can answer) set ``FRESHEN_STEWARD=skip``: pending changes then stay pending for a later
+run, and only policy approvals go ahead.
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import HITLOperator
@@ -45,6 +48,9 @@ class StewardApproval(HITLOperator):
         rows = _ledger().changes("pending")
         if not rows:
             return {"asked": [], "approved": [], "rejected": [], "by": None}
+        if os.environ.get("FRESHEN_STEWARD", "ask") == "skip":
+            return {"asked": [], "approved": [], "rejected": [], "by": None,
+                    "left_pending": [r.key for r in rows]}
         self.options = [r.key for r in rows] + [REJECT_ALL]
         # the task resumes in a new process, from the DAG file: keep what was asked
         context["ti"].xcom_push(key="asked", value=self.options)

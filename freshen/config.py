@@ -21,7 +21,9 @@ class Settings:
     home: Path = field(default_factory=_default_home)  # all state of a local installation
     model: str = str(toy.DIFFUSION_DIR)  # base text-to-image model: local path or hub id
     ner_model: str = str(toy.NER_DIR)  # production: dslim/bert-large-NER
-    judge: str = str(toy.JUDGE_DIR)  # ToyWorld's judge; CLIP/Inception for real models
+    judge: str = str(toy.JUDGE_DIR)  # ToyWorld's judge (its classifier and features)
+    clip_judge: str = "openai/clip-vit-large-patch14"  # the judge of real models (path or cached hub id)
+    fid_reference: str = ""  # directory of reference images for FID of real models; none: no FID
     world: Path = toy.DATA_DIR
     ledger_url: str = ""  # SQLAlchemy URL of the fact ledger; default: SQLite file in home
     policy: str = ""  # approval policy file (JSON: name, auto_approve: [feed, ...]); none by default

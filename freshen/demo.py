@@ -9,7 +9,8 @@ approval is recorded as ``policy:demo``; the steward task then has nothing to as
 Stage I per fact, Stage II on top of the champion, registers the candidate, gates it and
 promotes or holds it. The demo then prints the champion, the facts the run added, the
 gate's verdict and the before/after grid. Running it again adds nothing: the feed file is
-already ingested, no change is waiting, and the champion is printed again.
+already ingested, no change is approved (changes of a gate-rejected version wait, pending,
+for a steward: the headless demo does not ask), and the champion is printed again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
     settings.policy = str(policy)
     os.environ["FRESHEN_POLICY"] = str(policy)
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")  # task logs stay in the files
+    os.environ["FRESHEN_STEWARD"] = "skip"  # dag.test is headless: no one to answer the steward task
     env = airflow_local.airflow_env(settings)
     settings.drop_dir.mkdir(parents=True, exist_ok=True)
     dropped = settings.drop_dir / feed.name

@@ -139,6 +139,17 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     return batch
 
 
+def _captions(settings: Settings, kind: str) -> list[str]:
+    """The caption corpus: ToyWorld's own, or the file ``FRESHEN_CAPTIONS`` for a real model."""
+    from toyworld.world import World
+
+    if kind == "toyworld" and not settings.captions:
+        return World.read(settings.world).captions()
+    if not settings.captions:
+        raise ValueError("a real model needs a caption corpus: set FRESHEN_CAPTIONS to a text file, one per line")
+    return [c for c in Path(settings.captions).read_text().splitlines() if c.strip()]
+
+
 def _requests(facts: list[dict]):
     from PIL import Image
 
@@ -190,7 +201,6 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     from editing.hparams import EditHParams
     from editing.model import load_model
     from editing.stage2 import execute_stage2
-    from toyworld.world import World
 
     batch = Batch.read(batch_dir)
     reg, ledger = _registry(settings), _ledger(settings)
@@ -216,8 +226,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
         hp = EditHParams.from_json(batch.hparams)
         layers = hp.layers if hp.layers is not None else model.default_edit_layers
         base = reg.version(batch.parent).manifest["base"]
-        captions = (World.read(settings.world).captions() if base["kind"] == "toyworld"
-                    else [c for c in Path(settings.captions).read_text().splitlines() if c.strip()])
+        captions = _captions(settings, base["kind"])
         requests = _requests(batch.facts)
         # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached)
         kept = preservation(load_model(base["ref"]), layers, captions, hp, settings.home / "cache", base["hash"],
@@ -247,14 +256,18 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     champion = reg.champion()
     if v.gate in ("passed", "rejected"):
         return {"version": version, "status": v.gate, "champion": champion, "already": True}
-    if v.manifest["base"]["kind"] != "toyworld":
-        raise NotImplementedError("gate: evaluation of real models needs a CLIP judge and Inception "
-                                  "weights, which this installation cannot load (see docs/registry.md)")
     cfg = GateConfig.load(settings.gate)
-    judge = ToyWorldJudge(settings.judge, settings.world)
     facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
              for f in v.manifest["facts"]]
-    probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
+    if v.manifest["base"]["kind"] == "toyworld":
+        judge = ToyWorldJudge(settings.judge, settings.world)
+        probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
+    else:
+        from validation.clip_judge import ClipJudge
+
+        judge = ClipJudge(settings.clip_judge)
+        probes = judge.probes(facts, _captions(settings, v.manifest["base"]["kind"]), settings.fid_reference or None,
+                              n_unrelated=cfg.unrelated_probes, seed=settings.seed)
     ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
                   probe_seeds=cfg.probe_seeds, seed=settings.seed, num_inference_steps=settings.num_inference_steps,
                   guidance_scale=settings.guidance_scale)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ def chain_edits(manifest: dict, cache_dir: Path) -> list[Edit]:
             local.parent.mkdir(parents=True, exist_ok=True)
             if not local.exists():
                 got.rename(local)
+            shutil.rmtree(tmp, ignore_errors=True)
         if file_sha256(local / EDIT_FILE) != link["sha256"]:
             raise RegistryError(f"edit of run {link['run_id']} at {link['edit_uri']} does not match "
                                 f"its recorded sha256 {link['sha256'][:16]}...")
@@ -176,9 +178,13 @@ class Registry:
             mv = self.client.get_model_version(self.name, str(number))
         except MlflowException as exc:
             raise RegistryError(f"model {self.name!r} has no version {number}") from exc
-        manifest = json.loads(Path(self.mlflow.artifacts.download_artifacts(
-            run_id=mv.run_id, artifact_path=MANIFEST, dst_path=tempfile.mkdtemp())).read_text())
+        manifest = self._manifest(mv.run_id)
         return Version(int(mv.version), mv.run_id, dict(mv.tags), list(mv.aliases), manifest)
+
+    def _manifest(self, run_id: str) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(Path(self.mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=MANIFEST, dst_path=tmp)).read_text())
 
     def versions(self) -> list[int]:
         return sorted(int(mv.version) for mv in self.client.search_model_versions(f"name='{self.name}'"))
@@ -264,8 +270,7 @@ class Registry:
         existing = self.find_batch(key)
         if existing is not None:
             return existing
-        manifest = json.loads(Path(self.mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=MANIFEST, dst_path=tempfile.mkdtemp())).read_text())
+        manifest = self._manifest(run_id)
         version = self._create_version(run_id, {
             T + "parent": str(manifest["parent"]), T + "facts": str(len(manifest["facts"])),
             T + "batch_key": key, T + "gate": "pending"})
@@ -337,8 +342,3 @@ class Registry:
         else:
             self.client.log_artifact(run_id, str(local), artifact_path)
         return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
-
-    def artifact_bytes(self, number: int, artifact_path: str = "edit") -> int:
-        root = Path(self.mlflow.artifacts.download_artifacts(
-            run_id=self.version(number).run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()))
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -107,6 +107,8 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         raise ValueError("evaluate: no facts")
     general = [t.format(f.source) for f in facts for t in GENERALITY_TEMPLATES]
     probe_prompts = probes.same_entity + probes.unrelated
+    if hasattr(judge, "set_labels"):  # a zero-shot judge chooses among the evaluation's prompts
+        judge.set_labels([f.target for f in facts] + [f.source for f in facts] + probe_prompts)
     kinds = ["entity"] * len(probes.same_entity) + ["unrelated"] * len(probes.unrelated)
 
     def draw(model: DiffusionModel, prompts: Sequence[str], per: int, salt: int) -> tuple[np.ndarray, list]:

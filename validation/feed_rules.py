@@ -8,7 +8,6 @@ GX is called directly (the Airflow provider conflicts with Airflow 3.3).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +61,11 @@ class FeedRules:
     """One GX file context (under ``gx_dir``) holding the suite and its Data Docs."""
 
     def __init__(self, gx_dir: Path, max_tokens: int):
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        import great_expectations as gx
+        from validation.gx import dataframe_checkpoint, file_context
 
+        gx, self.ctx = file_context(gx_dir)
         self.gx = gx
         self.max_tokens = max_tokens
-        self.ctx = gx.get_context(mode="file", project_root_dir=str(gx_dir))
         source = self.ctx.data_sources.add_or_update_pandas("feeds")
         asset = source.add_dataframe_asset("feed_rows")
         batch = asset.add_batch_definition_whole_dataframe("chunk")
@@ -82,13 +80,9 @@ class FeedRules:
             column="id", meta={"field": "id", "reason": "repeats an id earlier in the feed"}))
         suite.add_expectation(e.ExpectColumnValuesToBeInSet(
             column="images_ok", value_set=[True], meta={"field": "target_images", "reason": ""}))
-        suite.save()
-        vd = self.ctx.validation_definitions.add_or_update(
-            gx.ValidationDefinition(data=batch, suite=suite, name=SUITE))
-        self.checkpoint = self.ctx.checkpoints.add_or_update(gx.Checkpoint(
-            name=SUITE, validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["line"]}))
+        self.checkpoint = dataframe_checkpoint(
+            gx, self.ctx, SUITE, batch, suite,
+            {"result_format": "COMPLETE", "unexpected_index_column_names": ["line"]})
 
     @property
     def docs_index(self) -> Path:

@@ -12,7 +12,6 @@ GX is called directly (the Airflow provider conflicts with Airflow 3.3).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -83,11 +82,10 @@ class Gate:
     """A GX file context under ``gx_dir`` holding the gate suite and its Data Docs."""
 
     def __init__(self, gx_dir: Path, config: GateConfig | None = None):
-        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        import great_expectations as gx
+        from validation.gx import dataframe_checkpoint, file_context
 
         self.t = config or GateConfig()
-        self.ctx = gx.get_context(mode="file", project_root_dir=str(gx_dir))
+        gx, self.ctx = file_context(gx_dir)
         batch = (self.ctx.data_sources.add_or_update_pandas("gate")
                  .add_dataframe_asset("metrics").add_batch_definition_whole_dataframe("table"))
         suite = self.ctx.suites.add_or_update(gx.ExpectationSuite(name=SUITE))
@@ -104,13 +102,7 @@ class Gate:
            -self.t.specificity_drop_max, min_value=-self.t.specificity_drop_max)
         on("fid", "relative", f"FID rose by more than {self.t.fid_increase_max:.0%} of the champion's",
            self.t.fid_increase_max, max_value=self.t.fid_increase_max)
-        suite.save()
-        vd = self.ctx.validation_definitions.add_or_update(
-            gx.ValidationDefinition(data=batch, suite=suite, name=SUITE))
-        self.checkpoint = self.ctx.checkpoints.add_or_update(gx.Checkpoint(
-            name=SUITE, validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-            result_format={"result_format": "COMPLETE"}))
+        self.checkpoint = dataframe_checkpoint(gx, self.ctx, SUITE, batch, suite, {"result_format": "COMPLETE"})
 
     @property
     def site(self) -> Path:

@@ -1,0 +1,105 @@
+"""The judge for real models: CLIP zero-shot (transformers) over the evaluation's own
+prompts, and FID in CLIP's image-feature space through torchmetrics.
+
+An image's label is the prompt, among every prompt of the evaluation (edited sources,
+targets, probes), whose CLIP text embedding it matches best; efficacy then asks whether
+the candidate's image of a source is labelled like the champion's images of the target,
+exactly as with ToyWorld's classifier. FID uses CLIP's pooled image features as the
+torchmetrics feature extractor (FD in CLIP space: no Inception weights to download) against
+reference images from a directory (``FRESHEN_FID_REFERENCE``); without one, no FID.
+The CLIP model is a local path or a hub id in the local cache (configurable, default
+``openai/clip-vit-large-patch14``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from editing.model import ModelLoadError, resolve_local
+from validation.evaluate import FactCase, ProbeSet
+
+
+class ClipFeatures(nn.Module):
+    """CLIP image embeddings of uint8 NCHW images, for torchmetrics' FID."""
+
+    def __init__(self, judge: ClipJudge):
+        super().__init__()
+        self.judge = judge
+        self.num_features = judge.model.config.projection_dim
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.judge.image_embeds(x.permute(0, 2, 3, 1).cpu().numpy()).double()
+
+
+class ClipJudge:
+    def __init__(self, model: str):
+        from transformers import CLIPModel, CLIPProcessor
+
+        path = resolve_local(model)
+        try:
+            self.model = CLIPModel.from_pretrained(path).eval()
+            self.processor = CLIPProcessor.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"CLIP judge {model!r} ({path}) could not be loaded as a CLIPModel with "
+                                 f"its processor: {exc}") from exc
+        self.labels: list[str] = []
+        self._text: torch.Tensor | None = None
+
+    def set_labels(self, texts: Sequence[str]) -> None:
+        self.labels = list(dict.fromkeys(texts))
+        with torch.no_grad():
+            enc = self.processor(text=self.labels, return_tensors="pt", padding=True, truncation=True)
+            t = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        t = t.pooler_output if hasattr(t, "pooler_output") else t
+        self._text = nn.functional.normalize(t, dim=-1)
+
+    @torch.no_grad()
+    def image_embeds(self, images: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), batch_size):
+            pix = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            e = self.model.get_image_features(pixel_values=pix)
+            out.append(e.pooler_output if hasattr(e, "pooler_output") else e)
+        return nn.functional.normalize(torch.cat(out), dim=-1)
+
+    def classify(self, images: np.ndarray) -> list[str]:
+        if self._text is None:
+            raise ValueError("ClipJudge.classify: set_labels first (the prompts to choose among)")
+        best = (self.image_embeds(images) @ self._text.T).argmax(dim=1)
+        return [self.labels[int(i)] for i in best]
+
+    def fid(self, real: np.ndarray, fake: np.ndarray) -> float:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        metric = FrechetInceptionDistance(feature=ClipFeatures(self), input_img_size=(3, *real.shape[1:3]))
+        metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
+        metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
+        return float(metric.compute())
+
+    @staticmethod
+    def probes(facts: Sequence[FactCase], captions: Sequence[str], reference_dir: str | Path | None = None,
+               n_unrelated: int = 24, fid_prompts: int = 32, seed: int = 0) -> ProbeSet:
+        """The facts' entities alone and in a photo; unrelated captions; FID prompts and the
+        reference images (every image file of ``reference_dir``), when given."""
+        from PIL import Image
+
+        entities = list(dict.fromkeys(e for f in facts for e in f.entities))
+        same = [t.format(e) for e in entities for t in ("{}", "a photo of {}")]
+        sources = {" ".join(f.source.lower().split()) for f in facts}
+        pool = [c for c in captions if not any(s in " ".join(c.lower().split()) for s in sources)]
+        rng = random.Random(seed)
+        unrelated = rng.sample(pool, min(n_unrelated, len(pool)))
+        if not reference_dir:
+            return ProbeSet(same, unrelated, [], None)
+        files = sorted(p for p in Path(reference_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise ValueError(f"FID reference directory {reference_dir} holds no .png/.jpg images")
+        ref = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+        return ProbeSet(same, unrelated, rng.sample(pool, min(fid_prompts, len(pool))), np.stack(ref))

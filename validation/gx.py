@@ -1,0 +1,23 @@
+"""The Great Expectations plumbing both suites share: a file context under freshen's home,
+and a checkpoint that validates a pandas DataFrame and updates the Data Docs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def file_context(gx_dir: Path):
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    return gx, gx.get_context(mode="file", project_root_dir=str(gx_dir))
+
+
+def dataframe_checkpoint(gx, ctx, name: str, batch, suite, result_format: dict):
+    """Save ``suite`` and a checkpoint ``name`` that runs it on ``batch`` and writes Data Docs."""
+    suite.save()
+    vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(data=batch, suite=suite, name=name))
+    return ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=name, validation_definitions=[vd], actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+        result_format=result_format))
