@@ -133,6 +133,12 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
           else EditHParams.preset(base["kind"], seed=settings.seed))
     facts = [_fact(r) for r in rows]
     key = batch_key(parent, base["hash"], facts, hp.to_json())
+    done = reg.find_batch(key)
+    if done is not None and reg.version(done).gate == "rejected":
+        raise RuntimeError(
+            f"this exact batch ({len(facts)} changes on v{parent}, same hyperparameters) was edited into "
+            f"v{done} and rejected by the gate ({reg.version(done).tags.get('freshen.gate_reasons')}); the same "
+            "edit would come out again: change the batch (approve other changes, or set FRESHEN_HPARAMS)")
     batch = Batch(settings.home / "batches" / key, key, parent, facts, hp.to_json())
     batch.write()
     log.info("batch %s: %d facts on top of v%d", key, len(facts), parent)
@@ -205,7 +211,10 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     batch = Batch.read(batch_dir)
     reg, ledger = _registry(settings), _ledger(settings)
     existing = reg.find_batch(batch.key)
-    if existing is not None:
+    if existing is not None:  # registered before; finish the ledger side if a crash cut it short
+        waiting = [f["key"] for f in batch.facts if ledger.change(f["key"]).status == "approved"]
+        if waiting:
+            ledger.mark_applied(waiting, reg.name, existing, reg.version(existing).run_id)
         return existing
     not_approved = [f["key"] for f in batch.facts if ledger.change(f["key"]).status != "approved"]
     if not_approved:

@@ -185,6 +185,14 @@ def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, world):
     assert a["gate"]["status"] == "rejected" and a["gate"]["failed"] and not a["promotions"]
 
 
+def test_the_same_rejected_batch_is_not_edited_again(home):
+    s = settings(home, gate="default", nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)
+    ledger = Ledger(s.ledger)
+    ledger.decide([f"bad:h{i}" for i in range(6)], "approved", by="bob")  # re-approved after the gate
+    with pytest.raises(RuntimeError, match="rejected by the gate"):
+        refresh.plan_batch(s)
+
+
 def test_rollback_moves_champion_and_is_audited(home):
     s = settings(home)
     r = refresh.promote(s, 2, by="carol", reason="v3 draws the wrong flag")
@@ -249,3 +257,4 @@ def test_gate_suite_verdicts(tmp_path):
     assert no_fid.passed
     with pytest.raises(ValueError, match="unknown field"):
         GateConfig.load(write(tmp_path / "g.json", {"efficacy": 1}))
+
