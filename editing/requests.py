@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def normalise(text: str) -> str:
+    """Case and spacing ignored: how sources are compared (ledger conflicts, corpus filters)."""
+    return " ".join(text.lower().split())
+
+
 @dataclass(frozen=True)
 class Entity:
     """A named entity that NER found in a source prompt (character span into it)."""

@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from editing.model import file_sha256
+from editing.requests import normalise
 from feeds.contract import FactChange, Rejection
 
 STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded")
@@ -38,10 +39,6 @@ LIVE = ("pending", "approved", "conflict")
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def normalise_source(source: str) -> str:
-    return " ".join(source.lower().split())
 
 
 class Base(DeclarativeBase):
@@ -212,7 +209,7 @@ class Ledger:
             summary.duplicates += 1
             return
         row = ChangeRow(feed=c.feed, change_id=c.id, revision=len(earlier) + 1, source=c.source,
-                        source_norm=normalise_source(c.source), target=c.target,
+                        source_norm=normalise(c.source), target=c.target,
                         target_images=c.target_images, observed_at=c.observed_at, ref=c.ref, kind=c.kind,
                         content_hash=h, entities=[], status="pending", file=str(path), line=c.line,
                         received_at=now())

@@ -22,12 +22,9 @@ REJECT_ALL = "Reject all"
 
 
 def _ledger():
-    from feeds.ledger import Ledger
     from freshen.config import Settings
 
-    s = Settings.from_env()
-    s.home.mkdir(parents=True, exist_ok=True)
-    return Ledger(s.ledger)
+    return Settings.from_env().open_ledger()
 
 
 def describe(rows) -> str:

@@ -61,6 +61,19 @@ class Settings:
     def ledger(self) -> str:
         return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
 
+    def open_ledger(self):
+        """The fact ledger (created on first use)."""
+        from feeds.ledger import Ledger
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        return Ledger(self.ledger)
+
+    def open_registry(self):
+        """The MLflow registry of the model versions."""
+        from registry.versions import Registry
+
+        return Registry.from_settings(self)
+
     @property
     def drop_dir(self) -> Path:
         return Path(self.drop).resolve() if self.drop else self.home / "drop"

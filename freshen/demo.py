@@ -44,7 +44,7 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
           flush=True)
     run = airflow_local.run_dag(settings)
 
-    from freshen.refresh import _registry, lineage
+    from freshen.refresh import lineage
     from registry.audit import audit_version
 
     states = {f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
@@ -52,7 +52,7 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
     if str(run.state) != "success":
         raise RuntimeError(f"the refresh DAG run {run.run_id} ended {run.state}: {states}; "
                            f"task logs under {env['AIRFLOW_HOME']}/logs")
-    reg = _registry(settings)
+    reg = settings.open_registry()
     champion = reg.champion()
     newest = max(reg.versions())
     summary = {"dag_run": run.run_id, "state": str(run.state), "tasks": states, "champion": champion,

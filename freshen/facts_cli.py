@@ -9,40 +9,26 @@ from pathlib import Path
 from freshen.config import Settings
 
 
-def _ledger(settings: Settings):
-    from feeds.ledger import Ledger
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Ledger(settings.ledger)
-
-
 def feeds_ingest(args: argparse.Namespace) -> int:
-    from editing.model import load_tokenizer
-    from feeds.ingest import Policy, ingest_path
-    from feeds.ner import NerTagger
-    from validation.feed_rules import FeedRules
+    from freshen.refresh import ingest_feeds
 
-    settings = Settings.from_env(home=args.home)
-    tokenizer = load_tokenizer(settings.model)
-    rules = FeedRules(settings.gx_dir, tokenizer.model_max_length)
-    policy = Policy.load(Path(settings.policy)) if settings.policy else None
-    summaries = ingest_path(_ledger(settings), args.path, rules, tokenizer, feed=args.feed,
-                            ner=NerTagger(settings.ner_model), policy=policy)
+    summaries = ingest_feeds(Settings.from_env(home=args.home), args.path, feed=args.feed)
     if args.json:
-        print(json.dumps([s.to_json() for s in summaries], indent=1))
-    else:
-        for s in summaries:
-            state = " (already ingested: nothing added)" if s.already_ingested else ""
-            print(f"{s.feed}: {s.lines} lines: {s.accepted} accepted, {s.rejected} rejected, "
-                  f"{s.conflicts} conflicts, {s.duplicates} duplicates{state}")
-            for r in s.rejections:
-                print(f"  line {r['line']} id {r['id']!r} field {r['field']!r}: {r['reason']}")
-        print(f"validation report: {rules.docs_index}")
+        print(json.dumps(summaries, indent=1))
+        return 0
+    for s in summaries:
+        state = " (already ingested: nothing added)" if s["already_ingested"] else ""
+        print(f"{s['feed']}: {s['lines']} lines: {s['accepted']} accepted, {s['rejected']} rejected, "
+              f"{s['conflicts']} conflicts, {s['duplicates']} duplicates{state}")
+        for r in s["rejections"]:
+            print(f"  line {r['line']} id {r['id']!r} field {r['field']!r}: {r['reason']}")
+    if summaries:
+        print(f"validation report: {summaries[-1]['report']}")
     return 0
 
 
 def facts_list(args: argparse.Namespace) -> int:
-    rows = _ledger(Settings.from_env(home=args.home)).changes(args.status)
+    rows = Settings.from_env(home=args.home).open_ledger().changes(args.status)
     out = [{"key": r.key, "status": r.status, "source": r.source, "target": r.target,
             "entities": [(e["text"], e["label"]) for e in r.entities], "ref": r.ref,
             "decided_by": r.decided_by, "decided_at": r.decided_at.isoformat() if r.decided_at else None,
@@ -58,7 +44,7 @@ def facts_list(args: argparse.Namespace) -> int:
 
 def facts_decide(args: argparse.Namespace) -> int:
     decision = "approved" if args.action == "approve" else "rejected"
-    done = _ledger(Settings.from_env(home=args.home)).decide(args.ids, decision, by=args.by, comment=args.comment)
+    done = Settings.from_env(home=args.home).open_ledger().decide(args.ids, decision, by=args.by, comment=args.comment)
     for key in done:
         print(f"{key}: {decision} by {args.by}")
     return 0

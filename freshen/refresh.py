@@ -48,23 +48,12 @@ class Batch:
         return self.dir / "stage1" / f"{index:05d}.safetensors"
 
 
-def _registry(settings: Settings):
-    from registry.versions import Registry
-
-    return Registry.from_settings(settings)
-
-
-def _ledger(settings: Settings):
-    from feeds.ledger import Ledger
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Ledger(settings.ledger)
-
-
-def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True) -> list[dict]:
+def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True,
+                 feed: str | None = None) -> list[dict]:
     """A feed file, or every new file of a directory (default: the drop directory): contract
     + GX rules, recorded in the ledger; NER too unless ``ner=False`` (then ``tag_new_entities``).
-    Feeds trusted by the policy (``FRESHEN_POLICY``) are approved as ``policy:<name>``."""
+    Feeds trusted by the policy (``FRESHEN_POLICY``) are approved as ``policy:<name>``. Each
+    summary names the validation report (GX Data Docs) under ``report``."""
     from editing.model import load_tokenizer
     from feeds.ingest import Policy, ingest_path
     from feeds.ner import NerTagger
@@ -74,22 +63,23 @@ def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True)
     if path == settings.drop_dir:
         path.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(settings.model)
-    summaries = ingest_path(_ledger(settings), path, FeedRules(settings.gx_dir, tokenizer.model_max_length),
-                            tokenizer, ner=NerTagger(settings.ner_model) if ner else None,
+    rules = FeedRules(settings.gx_dir, tokenizer.model_max_length)
+    summaries = ingest_path(settings.open_ledger(), path, rules, tokenizer, feed=feed,
+                            ner=NerTagger(settings.ner_model) if ner else None,
                             policy=Policy.load(Path(settings.policy)) if settings.policy else None)
-    return [s.to_json() for s in summaries]
+    return [s.to_json() | {"report": str(rules.docs_index)} for s in summaries]
 
 
 def tag_new_entities(settings: Settings) -> int:
     from feeds.ingest import tag_entities
     from feeds.ner import NerTagger
 
-    return tag_entities(_ledger(settings), NerTagger(settings.ner_model))
+    return tag_entities(settings.open_ledger(), NerTagger(settings.ner_model))
 
 
 def audit_summary(settings: Settings, verdict: dict) -> dict:
     """What a run leaves for the UI: champion, the facts it holds now, verdict, grid path."""
-    reg = _registry(settings)
+    reg = settings.open_registry()
     champion = reg.champion()
     facts = [f"{k}" for _, keys in lineage_facts(reg, champion) for k in keys]
     return {"champion": champion, "champion_facts": facts, "verdict": verdict.get("status"),
@@ -97,11 +87,11 @@ def audit_summary(settings: Settings, verdict: dict) -> dict:
 
 
 def init_registry(settings: Settings, by: str = "freshen"):
-    reg = _registry(settings)
+    reg = settings.open_registry()
     fresh = not reg.exists()
     v = reg.init(settings.model, by=by)
     if fresh:
-        _ledger(settings).version_event(reg.name, v.number, "registered", by,
+        settings.open_ledger().version_event(reg.name, v.number, "registered", by,
                                         {"base": v.manifest["base"], "champion": True})
     return v
 
@@ -119,8 +109,8 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     from editing.hparams import EditHParams
     from registry.versions import batch_key
 
-    reg = _registry(settings)
-    rows = _ledger(settings).approved_for_editing()
+    reg = settings.open_registry()
+    rows = settings.open_ledger().approved_for_editing()
     if keys is not None:
         wanted = set(keys)
         rows = [r for r in rows if r.key in wanted]
@@ -183,7 +173,7 @@ def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None
     indices = list(range(len(batch.facts))) if indices is None else list(indices)
     todo = [i for i in indices if not batch.z_path(i).is_file()]
     if todo:
-        model = _registry(settings).load(batch.parent)
+        model = settings.open_registry().load(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
         layers = hp.layers if hp.layers is not None else model.default_edit_layers
         s1 = compute_zs(model, _requests([batch.facts[i] for i in todo]), hp, layers[-1])
@@ -209,7 +199,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     from editing.stage2 import execute_stage2
 
     batch = Batch.read(batch_dir)
-    reg, ledger = _registry(settings), _ledger(settings)
+    reg, ledger = settings.open_registry(), settings.open_ledger()
     existing = reg.find_batch(batch.key)
     if existing is not None:  # registered before; finish the ledger side if a crash cut it short
         waiting = [f["key"] for f in batch.facts if ledger.change(f["key"]).status == "approved"]
@@ -260,7 +250,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     from validation.evaluate import FactCase, ToyWorldJudge, evaluate
     from validation.gate import Gate, GateConfig, metrics_table
 
-    reg, ledger = _registry(settings), _ledger(settings)
+    reg, ledger = settings.open_registry(), settings.open_ledger()
     v = reg.version(version)
     champion = reg.champion()
     if v.gate in ("passed", "rejected"):
@@ -329,7 +319,7 @@ def promote(settings: Settings, version: int, by: str, reason: str) -> dict:
 
     if not by or not by.strip() or not reason or not reason.strip():
         raise ValueError("promote: --by and --reason are required")
-    reg, ledger = _registry(settings), _ledger(settings)
+    reg, ledger = settings.open_registry(), settings.open_ledger()
     target = reg.version(version).number
     old = reg.champion()
     old_line, new_line = lineage(reg, old), lineage(reg, target)
@@ -360,7 +350,7 @@ def refresh(settings: Settings, by: str = "freshen", limit: int | None = None) -
     init_registry(settings)
     batch = plan_batch(settings, limit=limit)
     if batch is None:
-        return {"status": "nothing to do", "champion": _registry(settings).champion()}
+        return {"status": "nothing to do", "champion": settings.open_registry().champion()}
     t0 = time.time()
     stage1(settings, batch.dir)
     t1 = time.time()

@@ -15,11 +15,7 @@ from freshen.config import Settings
 
 
 def _open(settings: Settings):
-    from feeds.ledger import Ledger
-    from registry.versions import Registry
-
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Registry.from_settings(settings), Ledger(settings.ledger)
+    return settings.open_registry(), settings.open_ledger()
 
 
 def _event_json(e) -> dict:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from editing.model import DiffusionModel, file_sha256, load_model
+from editing.model import DiffusionModel, directory_hash, file_sha256, load_model, resolve_local
 from editing.state import EDIT_FILE, Edit, EditState
 from registry.pyfunc import signature as pyfunc_signature
 
@@ -154,6 +154,7 @@ class Registry:
         else:
             self.experiment_id = exp.experiment_id
         self._models: dict[int, DiffusionModel] = {}
+        self._manifests: dict[str, dict] = {}
 
     @classmethod
     def from_settings(cls, settings) -> Registry:
@@ -182,9 +183,12 @@ class Registry:
         return Version(int(mv.version), mv.run_id, dict(mv.tags), list(mv.aliases), manifest)
 
     def _manifest(self, run_id: str) -> dict:
-        with tempfile.TemporaryDirectory() as tmp:
-            return json.loads(Path(self.mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=MANIFEST, dst_path=tmp)).read_text())
+        """A run's manifest (written once, never changed: read once per Registry)."""
+        if run_id not in self._manifests:
+            with tempfile.TemporaryDirectory() as tmp:
+                self._manifests[run_id] = json.loads(Path(self.mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=MANIFEST, dst_path=tmp)).read_text())
+        return self._manifests[run_id]
 
     def versions(self) -> list[int]:
         return sorted(int(mv.version) for mv in self.client.search_model_versions(f"name='{self.name}'"))
@@ -217,14 +221,15 @@ class Registry:
 
     # -- writing -----------------------------------------------------------------
     def init(self, base: str, by: str = "freshen") -> Version:
-        """Register ``base`` as version 1 (and champion). Idempotent for the same base."""
-        model = load_model(base)
+        """Register ``base`` as version 1 (and champion). Idempotent for the same base (checked by
+        content hash, without loading the model)."""
         if self.exists():
             v1 = self.version(1)
-            if v1.manifest["base"]["hash"] != model.base_hash:
+            if v1.manifest["base"]["hash"] != directory_hash(resolve_local(base)):
                 raise RegistryError(f"model {self.name!r} already has a base ({v1.manifest['base']['ref']}) "
                                     "with other weights; use another --name for another base")
             return v1
+        model = load_model(base)
         manifest = {"name": self.name, "parent": None, "base": self._base_entry(base, model), "chain": [],
                     "facts": [], "hparams": None, "code_version": code_version(), "created_by": by,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from editing.model import ModelLoadError, resolve_local
+from editing.requests import normalise
 from validation.evaluate import FactCase, ProbeSet
 
 
@@ -92,8 +93,8 @@ class ClipJudge:
 
         entities = list(dict.fromkeys(e for f in facts for e in f.entities))
         same = [t.format(e) for e in entities for t in ("{}", "a photo of {}")]
-        sources = {" ".join(f.source.lower().split()) for f in facts}
-        pool = [c for c in captions if not any(s in " ".join(c.lower().split()) for s in sources)]
+        sources = {normalise(f.source) for f in facts}
+        pool = [c for c in captions if not any(s in normalise(c) for s in sources)]
         rng = random.Random(seed)
         unrelated = rng.sample(pool, min(n_unrelated, len(pool)))
         if not reference_dir:

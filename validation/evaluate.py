@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from editing.model import DiffusionModel
+from editing.requests import normalise
 
 GENERALITY_TEMPLATES = ("a painting of {}", "a sketch of {}")
 
@@ -69,13 +70,13 @@ class ToyWorldJudge:
                seed: int = 0) -> ProbeSet:
         from validation.toyworld_eval import clean_renders
 
-        sources = {" ".join(f.source.lower().split()) for f in facts}
+        sources = {normalise(f.source) for f in facts}
         entities = {e for f in facts for e in f.entities}
         same = list(dict.fromkeys(
             list(entities) + [w.prompt for w in self.world.facts if w.entity in entities]))
-        same = [p for p in same if " ".join(p.lower().split()) not in sources]
+        same = [p for p in same if normalise(p) not in sources]
         others = [w.prompt for w in self.world.facts
-                  if w.entity not in entities and " ".join(w.prompt.lower().split()) not in sources]
+                  if w.entity not in entities and normalise(w.prompt) not in sources]
         unrelated = random.Random(seed).sample(others, min(n_unrelated, len(others)))
         attributes = self.world.attribute_prompts()
         return ProbeSet(same, unrelated + [p for p, _ in attributes],

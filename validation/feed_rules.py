@@ -86,7 +86,9 @@ class FeedRules:
 
     @property
     def docs_index(self) -> Path:
-        return Path(self.ctx.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        from validation.gx import data_docs_site
+
+        return data_docs_site(self.ctx) / "index.html"
 
     def check(self, feed: str, changes: Sequence[FactChange], feed_file: Path, tokenizer
               ) -> dict[int, Rejection]:

@@ -106,7 +106,9 @@ class Gate:
 
     @property
     def site(self) -> Path:
-        return Path(self.ctx.root_directory) / "uncommitted" / "data_docs" / "local_site"
+        from validation.gx import data_docs_site
+
+        return data_docs_site(self.ctx)
 
     def judge(self, table: pd.DataFrame, run_name: str) -> Verdict:
         """The verdict on a metrics table. A metric missing from the table (FID where no

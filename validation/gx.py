@@ -14,6 +14,11 @@ def file_context(gx_dir: Path):
     return gx, gx.get_context(mode="file", project_root_dir=str(gx_dir))
 
 
+def data_docs_site(ctx) -> Path:
+    """Where a file context's local Data Docs site is written."""
+    return Path(ctx.root_directory) / "uncommitted" / "data_docs" / "local_site"
+
+
 def dataframe_checkpoint(gx, ctx, name: str, batch, suite, result_format: dict):
     """Save ``suite`` and a checkpoint ``name`` that runs it on ``batch`` and writes Data Docs."""
     suite.save()
