@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -31,12 +32,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_bytes(reg: Registry, version: int) -> dict[str, int]:
+    """Bytes under each top-level artifact of a version's run."""
     root = Path(reg.client.get_run(reg.version(version).run_id).info.artifact_uri.removeprefix("file://"))
-    sizes = {p.relative_to(root).parts[0]: 0 for p in root.rglob("*") if p.is_file()}
+    sizes: dict[str, int] = defaultdict(int)
     for p in root.rglob("*"):
         if p.is_file():
             sizes[p.relative_to(root).parts[0]] += p.stat().st_size
-    return sizes
+    return dict(sizes)
 
 
 def main() -> None:
@@ -61,10 +63,9 @@ def main() -> None:
             rows = [{"key": r.id, "source": r.source, "target": r.target} for r in reqs]
             v = reg.register_batch(1, edit, rows, hp.to_json(), batch_key(1, "x", rows, hp.to_json()))
             sizes = run_bytes(reg, v)
-            model_dir = Path(reg.client.get_model_version(reg.name, str(v)).source)  # models:/m-... (logged model)
             out["toyworld"][str(n)] = {"version_run_bytes": sizes, "edit_bytes": sizes.get("edit", 0),
                                        "edit_over_encoder": round(sizes.get("edit", 0) / encoder_bytes, 4),
-                                       "logged_model_uri": str(model_dir)}
+                                       "logged_model_uri": reg.client.get_model_version(reg.name, str(v)).source}
     d, d_k, n_layers, enc = 768, 3072, 11, 123_060_480 * 4  # SD 1.4 CLIP text encoder, float32
     out["sd14_estimate"] = {str(n): {"edit_bytes": n_layers * n * (d + d_k + d_k) * 4,
                                      "edit_over_encoder": round(n_layers * n * (d + d_k + d_k) * 4 / enc, 4),
