@@ -64,8 +64,7 @@ def main() -> None:
             v = reg.register_batch(1, edit, rows, hp.to_json(), batch_key(1, "x", rows, hp.to_json()))
             sizes = run_bytes(reg, v)
             out["toyworld"][str(n)] = {"version_run_bytes": sizes, "edit_bytes": sizes.get("edit", 0),
-                                       "edit_over_encoder": round(sizes.get("edit", 0) / encoder_bytes, 4),
-                                       "logged_model_uri": reg.client.get_model_version(reg.name, str(v)).source}
+                                       "edit_over_encoder": round(sizes.get("edit", 0) / encoder_bytes, 4)}
     d, d_k, n_layers, enc = 768, 3072, 11, 123_060_480 * 4  # SD 1.4 CLIP text encoder, float32
     out["sd14_estimate"] = {str(n): {"edit_bytes": n_layers * n * (d + d_k + d_k) * 4,
                                      "edit_over_encoder": round(n_layers * n * (d + d_k + d_k) * 4 / enc, 4),
