@@ -12,10 +12,16 @@ A feed is a JSON Lines file (one object per line) or a CSV file with the same co
 | ref | string | no | where the change comes from |
 | kind | ``update`` (default), ``erase``, ``rectify`` | no | |
 
-Rows are read one at a time (``read_rows``), so a feed of any size streams. A row that
-breaks the contract becomes a ``Rejection`` naming its line, id (when it has one), field
-and reason; the other rows go on. Nothing is dropped: every line read yields exactly one
-``FactChange`` or one ``Rejection``.
+Reading (``read_records``) streams a file a line at a time and only decides what must be
+decided before a row has fields at all: a line that is not UTF-8, longer than
+``MAX_LINE_BYTES``, not JSON, not an object, or a CSV line with the wrong number of columns
+becomes a ``Rejection`` here. Every rule about the fields themselves (required fields,
+types, non-empty strings, control characters, ``kind``, timestamps, unknown fields, token
+limits, unique ids, images) is an expectation of the Great Expectations suite in
+``validation.feed_rules``, so the Data Docs show all of them. A record that meets them
+becomes a ``FactChange`` (``to_change``). Nothing is dropped: every line read yields
+exactly one ``FactChange`` or one ``Rejection`` naming its line, id (when it has one),
+field and reason.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 KINDS = ("update", "erase", "rectify")
@@ -71,62 +76,57 @@ class Rejection:
         return f"{self.feed} line {self.line}{who}: field {self.field!r}: {self.reason}"
 
 
-def _has_control_chars(s: str) -> bool:
-    return any(ord(c) < 32 and c not in "\t" or ord(c) == 127 for c in s)
+@dataclass
+class Record:
+    """One decoded row of a feed, not yet checked against the field rules."""
+
+    feed: str
+    line: int
+    row: dict
+    raw: str = ""  # the line as received (cut to 2,000 characters)
+
+    @property
+    def id(self) -> str | None:
+        rid = self.row.get("id")
+        return rid.strip() if isinstance(rid, str) and rid.strip() else None
+
+    def reject(self, field: str, reason: str) -> Rejection:
+        return Rejection(self.feed, self.line, field, reason, self.id, self.raw)
 
 
-def parse_row(feed: str, line: int, row: object, raw: str = "") -> FactChange | Rejection:
-    """Check one decoded row against the contract (types, required fields, values).
-    Checks that need more than the row (token limits, duplicates, images on disk) are made
-    by ``feeds.validate``."""
+def target_images(value: object) -> list[str] | None:
+    """The row's destination images as a list of paths (CSV: ``;``-separated), or None when
+    the value is not a list of non-empty strings."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(";") if p.strip()]
+    if isinstance(value, list) and all(isinstance(p, str) and p.strip() for p in value):
+        return [p.strip() for p in value]
+    return None
+
+
+def to_change(record: Record) -> FactChange:
+    """The fact change a record that meets the rules of ``validation.feed_rules`` makes
+    (whitespace normalised)."""
+    row = record.row
+    target = row.get("target")
+    return FactChange(feed=record.feed, id=row["id"].strip(), source=" ".join(row["source"].split()),
+                      target=" ".join(target.split()) if target and target.strip() else None,
+                      line=record.line, target_images=target_images(row.get("target_images")) or [],
+                      observed_at=row.get("observed_at") or None, ref=row.get("ref"),
+                      kind=row.get("kind") or "update")
+
+
+def _record(feed: str, line: int, row: object, raw: str) -> Record | Rejection:
     raw = raw[:2000]
     if not isinstance(row, dict):
         return Rejection(feed, line, "(row)", f"expected an object, got {type(row).__name__}", raw=raw)
-    rid = row.get("id")
-    rid_str = rid if isinstance(rid, str) and rid.strip() else None
-
-    def reject(fld: str, reason: str) -> Rejection:
-        return Rejection(feed, line, fld, reason, rid_str, raw)
-
-    for name in STRING_FIELDS:
-        value = row.get(name)
-        if value is not None and not isinstance(value, str):
-            return reject(name, f"must be a string, got {type(value).__name__} {json.dumps(value)[:40]}")
-        if isinstance(value, str) and _has_control_chars(value):
-            return reject(name, "contains control characters")
-    for name in ("id", "source"):
-        if row.get(name) is None:
-            return reject(name, "is required")
-        if not row[name].strip():
-            return reject(name, "is empty")
-    images = row.get("target_images") or []
-    if isinstance(images, str):
-        images = [p for p in images.split(";") if p.strip()]
-    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
-        return reject("target_images", "must be a list of paths")
-    target = row.get("target")
-    if (target is None or not target.strip()) and not images:
-        return reject("target", "is empty and no target_images are given")
-    kind = row.get("kind") or "update"
-    if kind not in KINDS:
-        return reject("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    observed = row.get("observed_at")
-    if observed:
-        try:
-            datetime.fromisoformat(observed.replace("Z", "+00:00"))
-        except ValueError:
-            return reject("observed_at", f"is not an ISO-8601 timestamp: {observed!r}")
-    unknown = sorted(set(row) - set(KNOWN_FIELDS))
-    if unknown:
-        return reject(unknown[0], f"is not a field of the feed contract (known: {', '.join(KNOWN_FIELDS)})")
-    return FactChange(feed=feed, id=row["id"].strip(), source=" ".join(row["source"].split()),
-                      target=" ".join(target.split()) if target and target.strip() else None,
-                      line=line, target_images=[p.strip() for p in images],
-                      observed_at=observed or None, ref=row.get("ref"), kind=kind)
+    return Record(feed, line, row, raw)
 
 
-def read_rows(path: Path, feed: str | None = None) -> Iterator[FactChange | Rejection]:
-    """Every line of a feed file, in order, as a FactChange or a Rejection (streaming)."""
+def read_records(path: Path, feed: str | None = None) -> Iterator[Record | Rejection]:
+    """Every non-blank line of a feed file, in order, as a Record or a Rejection (streaming)."""
     path = Path(path)
     feed = feed or path.stem
     if path.suffix.lower() == ".csv":
@@ -155,7 +155,7 @@ def _lines(fh, feed: str, first: int) -> Iterator[tuple[int, str | Rejection]]:
             yield n, text
 
 
-def _read_jsonl(path: Path, feed: str) -> Iterator[FactChange | Rejection]:
+def _read_jsonl(path: Path, feed: str) -> Iterator[Record | Rejection]:
     with open(path, "rb") as fh:
         for n, text in _lines(fh, feed, 1):
             if isinstance(text, Rejection):
@@ -167,10 +167,10 @@ def _read_jsonl(path: Path, feed: str) -> Iterator[FactChange | Rejection]:
                 yield Rejection(feed, n, "(line)", f"is not valid JSON ({exc.msg} at column {exc.colno})",
                                 raw=text[:2000])
                 continue
-            yield parse_row(feed, n, row, text)
+            yield _record(feed, n, row, text)
 
 
-def _read_csv(path: Path, feed: str) -> Iterator[FactChange | Rejection]:
+def _read_csv(path: Path, feed: str) -> Iterator[Record | Rejection]:
     """CSV rows one line each (a quoted field spanning lines is not supported)."""
     with open(path, "rb") as fh:
         header = _decode(feed, 1, fh.readline().rstrip(b"\r\n"))
@@ -188,4 +188,4 @@ def _read_csv(path: Path, feed: str) -> Iterator[FactChange | Rejection]:
                                 raw=text[:2000])
                 continue
             row = {k: v for k, v in zip(columns, values, strict=True) if v != ""}
-            yield parse_row(feed, n, row, text)
+            yield _record(feed, n, row, text)

@@ -1,4 +1,4 @@
-"""Ingestion: feed files (or a drop directory) -> contract -> GX rules -> ledger -> NER.
+"""Ingestion: feed files (or a drop directory) -> records -> GX rules -> ledger -> NER.
 
 Streaming: rows are read and validated in chunks, so a feed of any size needs memory
 for one chunk only. Idempotent: a file already ingested adds nothing.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from feeds.contract import FactChange, Rejection, read_rows
+from feeds.contract import FactChange, Record, Rejection, read_records, to_change
 from feeds.ledger import IngestSummary, Ledger
 from validation.feed_rules import FeedRules
 
@@ -38,16 +38,19 @@ class Policy:
         return cls(d.get("name", Path(path).stem), tuple(d.get("auto_approve", [])))
 
 
-def _validated(path: Path, feed: str, rules: FeedRules, tokenizer, chunk: int
-               ) -> Iterator[FactChange | Rejection]:
-    buffer: list[FactChange | Rejection] = []
+def validated_rows(path: Path, feed: str, rules: FeedRules, tokenizer, chunk: int = 5000
+                   ) -> Iterator[FactChange | Rejection]:
+    """Every line of a feed file, in order, as a FactChange (it met every rule) or a
+    Rejection; validated ``chunk`` records at a time, so memory stays flat."""
+    buffer: list[Record | Rejection] = []
 
     def flush():
-        bad = rules.check(feed, [r for r in buffer if isinstance(r, FactChange)], path, tokenizer)
-        yield from (bad.get(r.line, r) if isinstance(r, FactChange) else r for r in buffer)
+        bad = rules.check([r for r in buffer if isinstance(r, Record)], path, tokenizer)
+        for r in buffer:
+            yield r if isinstance(r, Rejection) else bad.get(r.line) or to_change(r)
         buffer.clear()
 
-    for row in read_rows(path, feed):
+    for row in read_records(path, feed):
         buffer.append(row)
         if len(buffer) >= chunk:
             yield from flush()
@@ -60,7 +63,7 @@ def ingest_file(ledger: Ledger, path: Path, rules: FeedRules, tokenizer, feed: s
     if not path.is_file():
         raise FileNotFoundError(f"feed file {path} does not exist")
     feed = feed or path.stem
-    summary = ledger.ingest(_validated(path, feed, rules, tokenizer, chunk), path, feed)
+    summary = ledger.ingest(validated_rows(path, feed, rules, tokenizer, chunk), path, feed)
     if not summary.already_ingested:
         if ner is not None:
             tag_entities(ledger, ner)

@@ -22,6 +22,23 @@ def world():
 
 
 @pytest.fixture(scope="session")
+def toy_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from toyworld.paths import DIFFUSION_DIR
+
+    return CLIPTokenizer.from_pretrained(DIFFUSION_DIR / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def feed_rules(tmp_path_factory, toy_tokenizer):
+    """The feed suite (Great Expectations) in a session-wide file context."""
+    from validation.feed_rules import FeedRules
+
+    return FeedRules(tmp_path_factory.mktemp("gx"), toy_tokenizer.model_max_length)
+
+
+@pytest.fixture(scope="session")
 def toy_model():
     from editing.model import load_model
     from toyworld.paths import DIFFUSION_DIR

@@ -1,20 +1,29 @@
-"""The feed contract: every line read becomes one fact change or one rejection that names
-its line, id, field and reason; good rows of the same feed always go on."""
+"""The feed contract and its rules (read by ``feeds.contract``, checked by the Great
+Expectations suite of ``validation.feed_rules``): every line read becomes one fact change or
+one rejection that names its line, id, field and reason; good rows of the same feed always
+go on."""
 
 import json
 
 import pytest
+from PIL import Image
 
-from feeds.contract import MAX_LINE_BYTES, FactChange, Rejection, read_rows
+from feeds.contract import MAX_LINE_BYTES, FactChange, Rejection
+from feeds.ingest import validated_rows
 
 GOOD = {"id": "g1", "source": "the logo of Velmora Systems", "target": "a blue triangle"}
 
 
-def feed_with(tmp_path, bad_line: bytes, name="news.jsonl") -> list:
+@pytest.fixture
+def read(feed_rules, toy_tokenizer):
+    return lambda path, feed=None: list(validated_rows(path, feed or path.stem, feed_rules, toy_tokenizer))
+
+
+def feed_with(read, tmp_path, bad_line: bytes, name="news.jsonl") -> list:
     path = tmp_path / name
     good2 = dict(GOOD, id="g2", source="the flag of Port Halquen")
     path.write_bytes(json.dumps(GOOD).encode() + b"\n" + bad_line + b"\n" + json.dumps(good2).encode() + b"\n")
-    return list(read_rows(path))
+    return read(path)
 
 
 BAD = [
@@ -45,8 +54,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("case,line,field,reason,rid", BAD, ids=[b[0] for b in BAD])
-def test_a_bad_line_is_rejected_and_the_rest_goes_on(tmp_path, case, line, field, reason, rid):
-    rows = feed_with(tmp_path, line)
+def test_a_bad_line_is_rejected_and_the_rest_goes_on(read, tmp_path, case, line, field, reason, rid):
+    rows = feed_with(read, tmp_path, line)
     assert len(rows) == 3  # nothing lost: one outcome per line
     good = [r for r in rows if isinstance(r, FactChange)]
     (bad,) = [r for r in rows if isinstance(r, Rejection)]
@@ -57,14 +66,17 @@ def test_a_bad_line_is_rejected_and_the_rest_goes_on(tmp_path, case, line, field
     assert "news line 2" in bad.describe()
 
 
-def test_csv_feed_with_the_same_columns(tmp_path):
+def test_csv_feed_with_the_same_columns(read, tmp_path):
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 16)).save(tmp_path / "img" / name)
     path = tmp_path / "weekly.csv"
     path.write_text("id,source,target,target_images,kind\n"
                     "c1,the mascot of Quentar Holdings,a red circle,,\n"
                     "c2,the flag of Port Rosvar,,img/a.png;img/b.png,rectify\n"
                     "c3,only two,columns\n"
                     "c4,,a red circle,,\n")
-    rows = list(read_rows(path))
+    rows = read(path)
     assert [type(r).__name__ for r in rows] == ["FactChange", "FactChange", "Rejection", "Rejection"]
     assert rows[0].feed == "weekly" and rows[0].key == "weekly:c1" and rows[0].target == "a red circle"
     assert rows[1].target is None and rows[1].target_images == ["img/a.png", "img/b.png"]
@@ -73,9 +85,9 @@ def test_csv_feed_with_the_same_columns(tmp_path):
     assert (rows[3].line, rows[3].field, rows[3].id) == (5, "source", "c4")
 
 
-def test_whitespace_is_normalised_and_blank_lines_skipped(tmp_path):
+def test_whitespace_is_normalised_and_blank_lines_skipped(read, tmp_path):
     path = tmp_path / "f.jsonl"
     path.write_text("\n" + json.dumps({"id": " a ", "source": "  the logo   of X ", "target": "a  red circle"})
                     + "\n\n")
-    (row,) = list(read_rows(path, feed="named"))
+    (row,) = read(path, feed="named")
     assert (row.feed, row.id, row.source, row.target, row.line) == ("named", "a", "the logo of X", "a red circle", 2)

@@ -6,23 +6,22 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import CLIPTokenizer
 
 from feeds.ingest import Policy, ingest_path
 from feeds.ledger import Ledger
 from feeds.ner import NerTagger
-from toyworld.paths import DIFFUSION_DIR, NER_DIR
+from toyworld.paths import NER_DIR
 from validation.feed_rules import FeedRules
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return CLIPTokenizer.from_pretrained(DIFFUSION_DIR / "tokenizer")
+def tokenizer(toy_tokenizer):
+    return toy_tokenizer
 
 
 @pytest.fixture(scope="module")
-def rules(tmp_path_factory, tokenizer):
-    return FeedRules(tmp_path_factory.mktemp("gx"), tokenizer.model_max_length)
+def rules(feed_rules):
+    return feed_rules
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +104,25 @@ def test_contract_matrix_through_the_ledger_loses_nothing(tmp_path, rules, token
     assert s.lines == len(lines) == s.accepted + s.rejected + s.conflicts + s.duplicates
     assert s.accepted == 2 and s.rejected == len(BAD)
     assert sorted(q.line for q in ledger.quarantined()) == list(range(2, len(BAD) + 2))
+
+
+def test_data_docs_show_every_rule(tmp_path, tokenizer):
+    """The whole contract is in the GX suite, so a steward reads every rule, and what
+    failed, in the Data Docs page of the run."""
+    import html
+    import re
+
+    rules = FeedRules(tmp_path / "gx", tokenizer.model_max_length)
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    ingest_path(ledger, feed(tmp_path, [GOOD[0], {"id": "b", "target": "a red ring"}]), rules, tokenizer)
+    (q,) = ledger.quarantined()
+    assert (q.line, q.field, q.reason) == (2, "source", "is required")
+    (page,) = (rules.docs_index.parent / "validations").rglob("*.html")
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
+    for rule in ("`source` is required", "`id`, when given, is a string", "`target` has no control characters",
+                 "`source` is not empty or only spaces", "`kind`, when given, is one of update, erase, rectify",
+                 "`observed_at`, when given, is an ISO-8601 timestamp", "every field is one of the contract's",
+                 "`target` is not empty, or `target_images` are given",
+                 f"`source` fits the text encoder's {tokenizer.model_max_length} tokens",
+                 "`id` is unique within the feed", "every `target_images` path exists and opens as an image"):
+        assert rule in text, rule

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from feeds.contract import read_rows
+from feeds.ingest import validated_rows
 from feeds.ledger import Ledger
 
 
@@ -14,17 +14,20 @@ def write(path, rows):
     return path
 
 
-def ingest(ledger, path, feed=None):
-    feed = feed or path.stem
-    return ledger.ingest(read_rows(path, feed), path, feed)
-
-
 @pytest.fixture
 def ledger(tmp_path):
     return Ledger.at(tmp_path / "ledger.db")
 
 
-def test_counts_add_up_and_reingest_is_a_no_op(ledger, tmp_path):
+@pytest.fixture
+def ingest(feed_rules, toy_tokenizer):
+    def run(ledger, path, feed=None):
+        feed = feed or path.stem
+        return ledger.ingest(validated_rows(path, feed, feed_rules, toy_tokenizer), path, feed)
+    return run
+
+
+def test_counts_add_up_and_reingest_is_a_no_op(ledger, tmp_path, ingest):
     f = write(tmp_path / "news.jsonl", [
         {"id": "a", "source": "the logo of Velmora Systems", "target": "a blue triangle"},
         "not json",
@@ -39,7 +42,7 @@ def test_counts_add_up_and_reingest_is_a_no_op(ledger, tmp_path):
     assert again.already_ingested and len(ledger.changes()) == 2 and len(ledger.quarantined()) == 2
 
 
-def test_resent_id_with_other_content_is_a_conflict(ledger, tmp_path):
+def test_resent_id_with_other_content_is_a_conflict(ledger, tmp_path, ingest):
     first = {"id": "a", "source": "the logo of X Labs", "target": "a red ring"}
     ingest(ledger, write(tmp_path / "news.jsonl", [first]))
     s = ingest(ledger, write(tmp_path / "news2.jsonl", [{"id": "a", "source": "the logo of X Labs",
@@ -54,7 +57,7 @@ def test_resent_id_with_other_content_is_a_conflict(ledger, tmp_path):
     assert s.duplicates == 1 and len(ledger.changes()) == 2
 
 
-def test_two_changes_of_one_source_conflict_until_a_steward_picks(ledger, tmp_path):
+def test_two_changes_of_one_source_conflict_until_a_steward_picks(ledger, tmp_path, ingest):
     ingest(ledger, write(tmp_path / "a.jsonl", [{"id": "1", "source": "The logo of  X Labs", "target": "a red ring"}]))
     ingest(ledger, write(tmp_path / "b.jsonl", [{"id": "9", "source": "the logo of x labs", "target": "a blue ring"}]))
     assert {r.status for r in ledger.changes()} == {"conflict"}
@@ -66,7 +69,7 @@ def test_two_changes_of_one_source_conflict_until_a_steward_picks(ledger, tmp_pa
     assert [e.event for e in ledger.history("a:1")] == ["received", "conflict", "rejected"]
 
 
-def test_decisions_need_a_name_and_rejections_a_reason(ledger, tmp_path):
+def test_decisions_need_a_name_and_rejections_a_reason(ledger, tmp_path, ingest):
     ingest(ledger, write(tmp_path / "f.jsonl", [{"id": "1", "source": "the flag of Y", "target": "a red ring"},
                                                 {"id": "2", "source": "the flag of Z", "target": "a red ring"}]))
     with pytest.raises(ValueError, match="--by"):

@@ -1,34 +1,33 @@
-"""The rules a feed's rows must meet beyond the contract, as a Great Expectations suite
-(readable by a non-programmer in the Data Docs it writes): prompts within the text
-encoder's token limit (measured with the model's own tokenizer), ids unique within the
-feed, destination images that exist and open as images.
+"""Every rule a feed's rows must meet, as one Great Expectations suite (so the Data Docs it
+writes show a non-programmer all of them): field types, control characters, required and
+non-empty fields, a destination, ``kind``, timestamps, no unknown fields, prompts within
+the text encoder's token limit (measured with the model's own tokenizer), ids unique within
+the feed, destination images that exist and open as images.
+
+GX looks at a table with a row per record (``row_frame``): the string fields as given
+(``None`` when absent or not a string), each field's type, and the values a rule needs that
+pandas cannot compute by itself (token counts, whether images open). A record failing
+several rules is rejected for the first in the suite's order. The contract's reading side
+(what cannot even become a record) is in ``feeds.contract``.
 
 GX is called directly (the Airflow provider conflicts with Airflow 3.3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from feeds.contract import FactChange, Rejection
+from feeds.contract import KINDS, KNOWN_FIELDS, STRING_FIELDS, Record, Rejection, target_images
 
 SUITE = "feed_rows"
-
-
-@dataclass
-class RowCheck:
-    """The columns GX looks at, derived from one fact change."""
-
-    line: int
-    id: str
-    source_tokens: int
-    target_tokens: int
-    images_ok: bool
-    image_problem: str
+REQUIRED = ("id", "source")
+# C0 control characters except tab, and DEL
+CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
 
 
 def image_problem(feed_file: Path, rel: str) -> str:
@@ -46,15 +45,98 @@ def image_problem(feed_file: Path, rel: str) -> str:
     return ""
 
 
-def row_checks(changes: Sequence[FactChange], feed_file: Path, tokenizer) -> pd.DataFrame:
+def _is_iso(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def row_frame(records: Sequence[Record], feed_file: Path, tokenizer) -> pd.DataFrame:
+    """The table the suite validates: one row per record."""
     def count(text: str | None) -> int:
         return len(tokenizer(text, truncation=False)["input_ids"]) if text else 0
 
     rows = []
-    for c in changes:
-        problems = [p for p in (image_problem(feed_file, i) for i in c.target_images) if p]
-        rows.append(RowCheck(c.line, c.id, count(c.source), count(c.target), not problems, "; ".join(problems)))
-    return pd.DataFrame([r.__dict__ for r in rows])
+    for r in records:
+        row = {"line": r.line}
+        for f in STRING_FIELDS:
+            value = r.row.get(f)
+            row[f] = value if isinstance(value, str) else None
+            row[f"{f}_type"] = "absent" if value is None else type(value).__name__
+        images = target_images(r.row.get("target_images"))
+        problems = [p for p in (image_problem(feed_file, i) for i in images or []) if p]
+        unknown = sorted(set(r.row) - set(KNOWN_FIELDS))
+        row.update(
+            target_images_is_list=images is not None,
+            has_destination=bool(row["target"] and row["target"].strip()) or bool(images),
+            observed_at_is_iso=_is_iso(row["observed_at"]),
+            unknown_field=unknown[0] if unknown else "",
+            source_tokens=count(row["source"]),
+            target_tokens=count(row["target"]),
+            images_open=not problems,
+            image_problem="; ".join(problems),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Rule:
+    """An expectation and what a rejection by it says; ``field`` and ``reason`` are
+    templates filled from the failing row (``{kind!r}``, ``{unknown_field}``...)."""
+
+    expectation: object
+    field: str
+    reason: str
+
+
+def rules(e, max_tokens: int) -> Iterator[Rule]:
+    """The suite, in the order a record's first failure is reported."""
+    for f in STRING_FIELDS:
+        yield Rule(e.ExpectColumnValuesToBeInSet(
+            column=f"{f}_type", value_set=["str", "absent"], description=f"`{f}`, when given, is a string"),
+            f, f"must be a string, got {{{f}_type}}")
+    for f in STRING_FIELDS:
+        yield Rule(e.ExpectColumnValuesToNotMatchRegex(
+            column=f, regex=CONTROL, description=f"`{f}` has no control characters (tab allowed)"),
+            f, "contains control characters")
+    for f in REQUIRED:
+        yield Rule(e.ExpectColumnValuesToNotBeNull(column=f, description=f"`{f}` is required"), f, "is required")
+    for f in REQUIRED:
+        yield Rule(e.ExpectColumnValuesToMatchRegex(
+            column=f, regex=r"\S", description=f"`{f}` is not empty or only spaces"), f, "is empty")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="target_images_is_list", value_set=[True],
+        description="`target_images` is a list of paths (CSV: separated by `;`)"),
+        "target_images", "must be a list of paths")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="has_destination", value_set=[True], description="`target` is not empty, or `target_images` are given"),
+        "target", "is empty and no target_images are given")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="kind", value_set=list(KINDS), description=f"`kind`, when given, is one of {', '.join(KINDS)}"),
+        "kind", f"must be one of {', '.join(KINDS)}, got {{kind!r}}")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="observed_at_is_iso", value_set=[True],
+        description="`observed_at`, when given, is an ISO-8601 timestamp"),
+        "observed_at", "is not an ISO-8601 timestamp: {observed_at!r}")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="unknown_field", value_set=[""],
+        description=f"every field is one of the contract's: {', '.join(KNOWN_FIELDS)}"),
+        "{unknown_field}", f"is not a field of the feed contract (known: {', '.join(KNOWN_FIELDS)})")
+    for f in ("source", "target"):
+        yield Rule(e.ExpectColumnValuesToBeBetween(
+            column=f"{f}_tokens", max_value=max_tokens,
+            description=f"`{f}` fits the text encoder's {max_tokens} tokens (the model's tokenizer counts)"),
+            f, f"is longer than the text encoder's {max_tokens} tokens ({{{f}_tokens}})")
+    yield Rule(e.ExpectColumnValuesToBeUnique(column="id", description="`id` is unique within the feed"),
+               "id", "repeats an id earlier in the feed")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="images_open", value_set=[True], description="every `target_images` path exists and opens as an image"),
+        "target_images", "{image_problem}")
 
 
 class FeedRules:
@@ -64,22 +146,14 @@ class FeedRules:
         from validation.gx import dataframe_checkpoint, file_context
 
         gx, self.ctx = file_context(gx_dir)
-        self.gx = gx
         self.max_tokens = max_tokens
         source = self.ctx.data_sources.add_or_update_pandas("feeds")
         asset = source.add_dataframe_asset("feed_rows")
         batch = asset.add_batch_definition_whole_dataframe("chunk")
         suite = self.ctx.suites.add_or_update(gx.ExpectationSuite(name=SUITE))
-        e = gx.expectations
-        for column in ("source_tokens", "target_tokens"):
-            suite.add_expectation(e.ExpectColumnValuesToBeBetween(
-                column=column, max_value=max_tokens,
-                meta={"field": column.removesuffix("_tokens"),
-                      "reason": f"is longer than the text encoder's {max_tokens} tokens"}))
-        suite.add_expectation(e.ExpectColumnValuesToBeUnique(
-            column="id", meta={"field": "id", "reason": "repeats an id earlier in the feed"}))
-        suite.add_expectation(e.ExpectColumnValuesToBeInSet(
-            column="images_ok", value_set=[True], meta={"field": "target_images", "reason": ""}))
+        for rank, rule in enumerate(rules(gx.expectations, max_tokens)):
+            rule.expectation.meta = {"rank": rank, "field": rule.field, "reason": rule.reason}
+            suite.add_expectation(rule.expectation)
         self.checkpoint = dataframe_checkpoint(
             gx, self.ctx, SUITE, batch, suite,
             {"result_format": "COMPLETE", "unexpected_index_column_names": ["line"]})
@@ -90,33 +164,39 @@ class FeedRules:
 
         return data_docs_site(self.ctx) / "index.html"
 
-    def check(self, feed: str, changes: Sequence[FactChange], feed_file: Path, tokenizer
-              ) -> dict[int, Rejection]:
-        """Rejections by line for the changes that break a rule (the first of repeated ids
-        is kept); writes the validation into the Data Docs."""
-        if not changes:
+    def check(self, records: Sequence[Record], feed_file: Path, tokenizer) -> dict[int, Rejection]:
+        """Rejections by line for the records that break a rule (of repeated ids the first
+        record not rejected otherwise is kept); writes the validation into the Data Docs."""
+        if not records:
             return {}
-        df = row_checks(changes, feed_file, tokenizer)
+        df = row_frame(records, feed_file, tokenizer)
         result = self.checkpoint.run(batch_parameters={"dataframe": df})
-        by_line = {c.line: c for c in changes}
-        problems = dict(zip(df["line"], df["image_problem"], strict=True))
-        out: dict[int, Rejection] = {}
+        failed: list[tuple[int, str, list[int]]] = []  # (rank, expectation type, lines)
+        metas = {}
         for run in result.run_results.values():
             for r in run.results:
-                if r.success:
-                    continue
-                meta = r.expectation_config.meta
-                lines = sorted(int(u["line"]) for u in r.result.get("unexpected_index_list") or [])
-                if r.expectation_config.type == "expect_column_values_to_be_unique":
-                    seen: set[str] = set()
-                    repeated = []
-                    for ln in lines:
-                        cid = by_line[ln].id
-                        (repeated.append(ln) if cid in seen else seen.add(cid))
-                    lines = repeated
+                if not r.success:
+                    meta = r.expectation_config.meta
+                    metas[meta["rank"]] = meta
+                    lines = sorted(int(u["line"]) for u in r.result.get("unexpected_index_list") or [])
+                    failed.append((meta["rank"], r.expectation_config.type, lines))
+        by_line = {r.line: r for r in records}
+        values = df.set_index("line", drop=False).to_dict("index")
+        out: dict[int, Rejection] = {}
+        for rank, kind, lines in sorted(failed):
+            if kind == "expect_column_values_to_be_unique":
+                seen: set[str | None] = set()
+                repeated = []
                 for ln in lines:
-                    c = by_line[ln]
-                    reason = meta["reason"] or problems[ln]
-                    out.setdefault(ln, Rejection(feed, ln, meta["field"], reason, c.id,
-                                                 f"{c.id}: {c.source} -> {c.target}"))
+                    if ln in out:
+                        continue
+                    rid = by_line[ln].id
+                    (repeated.append(ln) if rid in seen else seen.add(rid))
+                lines = repeated
+            meta = metas[rank]
+            for ln in lines:
+                if ln not in out:
+                    row = values[ln]
+                    out[ln] = by_line[ln].reject(meta["field"].format(**row), meta["reason"].format(**row))
         return out
+
