@@ -64,6 +64,29 @@ def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templ
     return k, got.get("h")
 
 
+class SubjectStream:
+    """Stage II's K1 and h (as ``subject_states``) for one batch at ascending layers, read
+    off one ``ResidualStream`` that moves up with the edit: m edit layers cost about
+    m(m+1)/2 + m layer forwards instead of m re-encodings up to the last edit layer."""
+
+    def __init__(self, model: DiffusionModel, requests: Sequence[EditRequest], templates: list[str]):
+        prompts, pos = _subject_batch(model, requests, templates)
+        self.stream = model.residual_stream(prompts)
+        self.rows, self.idx = torch.arange(len(prompts)), torch.as_tensor(pos)
+        self.shape = (len(requests), len(templates))
+
+    def _at_subjects(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor[self.rows, self.idx].view(*self.shape, -1).mean(1)
+
+    @torch.no_grad()
+    def states(self, key_layer: int, out_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K1 (d_k x e) of ``key_layer`` and h (e x d) leaving ``out_layer``, on the model as
+        it is now; the layers below ``key_layer`` must not change afterwards."""
+        self.stream.advance_to(key_layer)
+        keys, hidden = self.stream.run(key_layer, out_layer)
+        return self._at_subjects(keys).T, self._at_subjects(hidden)
+
+
 def compute_ks(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
                templates: list[str]) -> torch.Tensor:
     """K1 (d_k x e): fc2 input of ``layer`` at each subject's last token, averaged over the

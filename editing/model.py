@@ -36,6 +36,47 @@ class Encoding:
     eos_index: torch.Tensor  # (n,) position of the first [EOS]
 
 
+class _Captured(Exception):
+    """Stops a forward pass once a hook has what it needs."""
+
+
+class ResidualStream:
+    """The residual stream of a fixed batch of prompts entering layer ``at`` of the text
+    encoder, with the arguments the encoder passes every layer (its causal mask). Stage II
+    edits layers in ascending order, and an edit at layer l changes nothing below l, so it
+    walks this stream up one layer per edited layer instead of re-encoding the prompts from
+    the embeddings at every layer."""
+
+    def __init__(self, model: DiffusionModel, hidden: torch.Tensor, args: tuple, kwargs: dict):
+        self.model, self.hidden, self._args, self._kwargs = model, hidden, args, kwargs
+        self.at = 0
+
+    def _layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.model.layers[i](hidden, *self._args, **self._kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    @torch.no_grad()
+    def advance_to(self, layer: int) -> None:
+        """Move the stored stream up to the input of ``layer`` (through the layers as they
+        are now)."""
+        while self.at < layer:
+            self.hidden = self._layer(self.at, self.hidden)
+            self.at += 1
+
+    @torch.no_grad()
+    def run(self, key_layer: int, out_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the stored stream (``at <= key_layer <= out_layer``): the fc2 input of
+        ``key_layer`` (n, L, d_k) and the stream leaving ``out_layer`` (n, L, d), for every
+        token. The stored stream does not move."""
+        if not self.at <= key_layer <= out_layer:
+            raise ValueError(f"stream at layer {self.at} cannot give keys of {key_layer} and output of {out_layer}")
+        hidden = self.hidden
+        with self.model.capturing_fc2(key_layer) as got:
+            for i in range(self.at, out_layer + 1):
+                hidden = self._layer(i, hidden)
+        return got["keys"], hidden
+
+
 class DiffusionModel:
     """A text-to-image pipeline seen as the editing method sees it."""
 
@@ -159,6 +200,25 @@ class DiffusionModel:
             idx = torch.as_tensor(list(positions))
             keys, values = keys[rows, idx], values[rows, idx]
         return keys, values
+
+    @torch.no_grad()
+    def residual_stream(self, prompts: Sequence[str]) -> ResidualStream:
+        """The residual stream of ``prompts`` entering layer 0, to walk up layer by layer."""
+        got: dict = {}
+
+        def grab(_module, args, kwargs):
+            got["args"], got["kwargs"] = args, kwargs
+            raise _Captured
+
+        handle = self.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.encode(prompts, pad_to_max=False)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        hidden, *rest = got["args"]
+        return ResidualStream(self, hidden, tuple(rest), got["kwargs"])
 
     # -- image side ----------------------------------------------------------
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """Stage II: the multi-layer closed-form edit (ALGORITHMS.md "Stage II"; Eq. 7 of 004_...).
 
 For each edit layer l, ascending (i = 0..m-1):
-  1. K1 = compute_ks(l) on the model with the layers below already edited;
+  1. K1 = compute_ks(l) on the model with the layers below already edited (read off one
+     residual stream that moves up with the edit, ``keys.SubjectStream``);
   2. R = (Z - h_last) / (m - i)                        (MEMIT's spread of the residual);
   3. P = null-space projection of C0 (keys.null_space_projection);
   4. Delta = R K1^T P (Kp Kp^T P + K1 K1^T P + beta I)^-1, as R times
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import compute_entity_ks, subject_states
+from editing.keys import SubjectStream, compute_entity_ks
 from editing.model import DiffusionModel
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
@@ -54,8 +55,9 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
     out: dict[int, LayerEdit] = {}
+    subjects = SubjectStream(model, requests, templates)
     for i, layer in enumerate(layers):
-        k1, cur = subject_states(model, requests, templates, key_layer=layer, out_layer=last)
+        k1, cur = subjects.states(key_layer=layer, out_layer=last)
         k1, cur = k1.double(), cur.double()
         r = ((zs.double() - cur) / (len(layers) - i)).T
         p = None

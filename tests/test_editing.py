@@ -226,3 +226,23 @@ def test_hparams_presets_and_json(tmp_path):
         EditHParams.from_json({"stepz": 3})
     with pytest.raises(ValueError, match="nullspace_mode"):
         EditHParams(nullspace_mode="magic")
+
+
+def test_stage2_stream_equals_fresh_encodings_as_layers_change(world):
+    """Stage II reads K1 and h off one residual stream walked up with the edit; after each
+    layer is changed they must equal what a full re-encoding of the prompts gives."""
+    from editing.keys import SubjectStream
+
+    model, hp = fresh(), EditHParams.preset("toyworld")
+    reqs = [request(world, i, "a red circle") for i in range(4)]
+    layers, last = model.default_edit_layers, model.default_edit_layers[-1]
+    stream = SubjectStream(model, reqs, hp.context_templates)
+    gen = torch.Generator().manual_seed(0)
+    for layer in layers:
+        k, h = stream.states(key_layer=layer, out_layer=last)
+        torch.testing.assert_close(k, compute_ks(model, reqs, layer, hp.context_templates), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h, compute_hs(model, reqs, last, hp.context_templates), rtol=1e-5, atol=1e-6)
+        w = model.fc2(layer).weight
+        w += 0.05 * w.abs().mean() * torch.randn(w.shape, generator=gen)  # an edit of this layer
+    with pytest.raises(ValueError, match="cannot give keys"):
+        stream.states(key_layer=0, out_layer=last)
