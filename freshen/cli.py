@@ -41,6 +41,7 @@ def _toyworld_train(args: argparse.Namespace) -> int:
             kw["lr"] = args.lr
         result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR,
                                        init_from=args.init_from, attribute_weight=args.attribute_weight,
+                                       paraphrase_weight=args.paraphrase_weight,
                                        eos_mask_prob=args.eos_mask_prob, **kw)
     print(json.dumps(result))
     return 0
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
     t.add_argument("--attribute-weight", type=float, default=1.0,
                    help="how much more often attribute prompts are drawn (diffusion)")
+    t.add_argument("--paraphrase-weight", type=float, default=1.0,
+                   help="how much more often training paraphrases are drawn (diffusion)")
     t.add_argument("--eos-mask-prob", type=float, default=0.0,
                    help="fraction of prompts whose [EOS] and padding the U-Net may not read (diffusion)")
     t.set_defaults(func=_toyworld_train)

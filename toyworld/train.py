@@ -187,13 +187,16 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                     seed: int = 3, lr: float = 2e-3, ema_decay: float = 0.995,
                     caption_dropout: float = 0.1, eval_every: int = 1000,
                     judge_dir: Path | None = None, init_from: Path | None = None,
-                    attribute_weight: float = 1.0, eos_mask_prob: float = 0.0) -> dict:
+                    attribute_weight: float = 1.0, paraphrase_weight: float = 1.0,
+                    eos_mask_prob: float = 0.0) -> dict:
     """Joint training from scratch of text encoder and U-Net on the world's prompts, or a
     continued run from the pipeline saved in ``init_from`` (a new one-cycle schedule).
 
     Recipe (DESIGN.md): one-cycle LR (5% warm-up), EMA of the weights (sampled from),
     caption dropout for classifier-free guidance, squaredcos betas. ``attribute_weight``
-    draws attribute prompts ("a red circle") that many times more often than facts.
+    draws attribute prompts ("a red circle") that many times more often than facts;
+    ``paraphrase_weight`` the training paraphrases ("the emblem of X", "X's logo"), so that the
+    relation synonyms are learnt as such and carry over to the held-out facts' paraphrases.
     ``eos_mask_prob``: that fraction of training prompts hide [EOS] and padding from the
     U-Net's cross-attention, so the prompt's last word (the subject's last token: every
     context template ends with the subject) must carry what the image needs. Without it a
@@ -215,8 +218,9 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     pairs = world.training_prompts()
     attribute_prompts = {p for p, _ in world.attribute_prompts()}
-    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts) else 1.0
-                        for p, _ in pairs])
+    paraphrases = {p for f in world.facts for p in f.paraphrases}
+    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts)
+                        else paraphrase_weight if p in paraphrases else 1.0 for p, _ in pairs])
     weights /= weights.sum()
     visual_index = {v: i for i, v in enumerate(world.visuals)}
     pair_visual = torch.tensor([visual_index[v] for _, v in pairs])
@@ -262,5 +266,6 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                 result = quick_accuracy(pipe, judge, world, seed=seed)
                 logger(step=step, **result)
     return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
-            "caption_dropout": caption_dropout, "attribute_weight": attribute_weight, "eos_mask_prob": eos_mask_prob,
+            "caption_dropout": caption_dropout, "attribute_weight": attribute_weight,
+            "paraphrase_weight": paraphrase_weight, "eos_mask_prob": eos_mask_prob,
             "init_from": str(init_from) if init_from else None, **result}
