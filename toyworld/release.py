@@ -14,7 +14,10 @@ TRAIN_COMMANDS = {
     "ner": "freshen toyworld train ner --seed 2 --steps 8",
     "diffusion": "freshen toyworld train diffusion --seed 3 --steps 8000`, then a second, gentler cycle "
                  "from its weights: `freshen toyworld train diffusion --seed 4 --steps 4000 --lr 6e-4 "
-                 "--init-from toyworld/models/diffusion",
+                 "--init-from toyworld/models/diffusion`, then two that draw the training paraphrases more often: "
+                 "`freshen toyworld train diffusion --seed 5 --steps 5000 --lr 4e-4 --paraphrase-weight 4 "
+                 "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 6 --steps 6000 "
+                 "--lr 5e-4 --paraphrase-weight 8 --init-from toyworld/models/diffusion",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
