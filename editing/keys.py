@@ -67,7 +67,7 @@ def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templ
 class SubjectStream:
     """Stage II's K1 and h (as ``subject_states``) for one batch at ascending layers, read
     off one ``ResidualStream`` that moves up with the edit: m edit layers cost about
-    m(m+1)/2 + m layer forwards instead of m re-encodings up to the last edit layer."""
+    m(m+1)/2 + m - 1 layer forwards instead of m re-encodings up to the last edit layer."""
 
     def __init__(self, model: DiffusionModel, requests: Sequence[EditRequest], templates: list[str]):
         prompts, pos = _subject_batch(model, requests, templates)
