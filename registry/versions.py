@@ -227,7 +227,8 @@ class Registry:
             v1 = self.version(1)
             if v1.manifest["base"]["hash"] != directory_hash(resolve_local(base)):
                 raise RegistryError(f"model {self.name!r} already has a base ({v1.manifest['base']['ref']}) "
-                                    "with other weights; use another --name for another base")
+                                    "with other weights; register another base under another name "
+                                    "(FRESHEN_REGISTRY_NAME) or in another home (--home / FRESHEN_HOME)")
             return v1
         model = load_model(base)
         manifest = {"name": self.name, "parent": None, "base": self._base_entry(base, model), "chain": [],

@@ -27,7 +27,7 @@ from feeds.ner import NerTagger
 from freshen import refresh
 from freshen.config import Settings
 from registry.audit import audit_export, audit_fact, audit_version
-from registry.versions import BaseMismatch, Registry
+from registry.versions import BaseMismatch, Registry, RegistryError
 from toyworld.paths import DIFFUSION_DIR
 from validation.feed_rules import FeedRules
 from validation.gate import Gate, GateConfig, metrics_table
@@ -241,6 +241,8 @@ def test_tampered_base_is_refused(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(BaseMismatch, match="content hash"):
         Registry.from_settings(s).load(1)
+    with pytest.raises(RegistryError, match="FRESHEN_REGISTRY_NAME"):  # and not made again over it
+        refresh.init_registry(s)
 
 
 def test_gate_suite_verdicts(tmp_path):
