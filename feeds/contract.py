@@ -114,7 +114,7 @@ def to_change(record: Record) -> FactChange:
     return FactChange(feed=record.feed, id=row["id"].strip(), source=" ".join(row["source"].split()),
                       target=" ".join(target.split()) if target and target.strip() else None,
                       line=record.line, target_images=target_images(row.get("target_images")) or [],
-                      observed_at=row.get("observed_at") or None, ref=row.get("ref"),
+                      observed_at=row.get("observed_at") or None, ref=row.get("ref") or None,
                       kind=row.get("kind") or "update")
 
 

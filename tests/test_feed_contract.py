@@ -91,3 +91,12 @@ def test_whitespace_is_normalised_and_blank_lines_skipped(read, tmp_path):
                     + "\n\n")
     (row,) = read(path, feed="named")
     assert (row.feed, row.id, row.source, row.target, row.line) == ("named", "a", "the logo of X", "a red circle", 2)
+
+
+def test_empty_optional_fields_count_as_absent(read, tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps({"id": "e", "source": "the logo of X", "target": "a red circle",
+                                "kind": "", "observed_at": "", "ref": ""}) + "\n")
+    (row,) = read(path)
+    assert isinstance(row, FactChange), row
+    assert (row.kind, row.observed_at, row.ref) == ("update", None, None)

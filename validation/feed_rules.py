@@ -26,6 +26,7 @@ from feeds.contract import KINDS, KNOWN_FIELDS, STRING_FIELDS, Record, Rejection
 
 SUITE = "feed_rows"
 REQUIRED = ("id", "source")
+OPTIONAL_AS_ABSENT = ("kind", "observed_at", "ref")
 # C0 control characters except tab, and DEL
 CONTROL = r"[\x00-\x08\x0a-\x1f\x7f]"
 
@@ -65,6 +66,8 @@ def row_frame(records: Sequence[Record], feed_file: Path, tokenizer) -> pd.DataF
         row = {"line": r.line}
         for f in STRING_FIELDS:
             value = r.row.get(f)
+            if value == "" and f in OPTIONAL_AS_ABSENT:
+                value = None  # "kind": "" or "observed_at": "" say nothing, as in CSV
             row[f] = value if isinstance(value, str) else None
             row[f"{f}_type"] = "absent" if value is None else type(value).__name__
         images = target_images(r.row.get("target_images"))
