@@ -83,7 +83,8 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     ids = [r.id for r in requests]
     if len(set(ids)) != len(ids):
         raise ValueError(f"edit: request ids repeat within the batch: {ids}")
-    layers = hp.layers if hp.layers is not None else model.default_edit_layers
+    # ascending (ALGORITHMS.md, Stage II): the last is where Stage I's targets live
+    layers = sorted(hp.layers) if hp.layers is not None else model.default_edit_layers
     if preserved is None:
         if captions is None:
             raise ValueError("edit: pass `preserved` or the caption corpus `captions`")
