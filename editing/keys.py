@@ -25,43 +25,15 @@ def _subject_batch(model: DiffusionModel, requests: Sequence[EditRequest],
     return prompts, model.subject_last_token(prompts, spans)
 
 
-class _Enough(Exception):
-    """Raised by a hook once every wanted state is captured: the layers above are skipped."""
-
-
 @torch.no_grad()
 def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templates: list[str],
                    key_layer: int | None = None, out_layer: int | None = None
                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """One forward pass for both quantities Stage II needs at each layer:
-    K1 (d_k x e), fc2 input of ``key_layer`` at each subject's last token, and
-    h (e x d), the residual stream leaving ``out_layer`` there; both averaged over the
-    context templates. The pass stops at the highest layer needed."""
-    prompts, pos = _subject_batch(model, requests, templates)
-    rows, idx = torch.arange(len(prompts)), torch.as_tensor(pos)
-    got: dict[str, torch.Tensor] = {}
-    wanted = {n for n, l in (("k", key_layer), ("h", out_layer)) if l is not None}
-
-    def keep(name: str, tensor: torch.Tensor) -> None:
-        got[name] = tensor[rows, idx].view(len(requests), len(templates), -1).mean(1)
-        if wanted <= got.keys():
-            raise _Enough
-
-    handles = []
-    if key_layer is not None:
-        handles.append(model.fc2(key_layer).register_forward_hook(lambda _m, inp, _o: keep("k", inp[0])))
-    if out_layer is not None:
-        handles.append(model.layers[out_layer].register_forward_hook(
-            lambda _m, _i, out: keep("h", out[0] if isinstance(out, tuple) else out)))
-    try:
-        model.encode(prompts, pad_to_max=False)
-    except _Enough:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    k = got["k"].T if "k" in got else None
-    return k, got.get("h")
+    """Both quantities Stage II needs at a layer, from one forward pass that stops at the
+    highest layer needed: K1 (d_k x e), fc2 input of ``key_layer`` at each subject's last
+    token, and h (e x d), the residual stream leaving ``out_layer`` there; both averaged
+    over the context templates."""
+    return SubjectStream(model, requests, templates).states(key_layer, out_layer)
 
 
 class SubjectStream:
@@ -79,12 +51,16 @@ class SubjectStream:
         return tensor[self.rows, self.idx].view(*self.shape, -1).mean(1)
 
     @torch.no_grad()
-    def states(self, key_layer: int, out_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K1 (d_k x e) of ``key_layer`` and h (e x d) leaving ``out_layer``, on the model as
-        it is now; the layers below ``key_layer`` must not change afterwards."""
-        self.stream.advance_to(key_layer)
-        keys, hidden = self.stream.run(key_layer, out_layer)
-        return self._at_subjects(keys).T, self._at_subjects(hidden)
+    def states(self, key_layer: int | None = None, out_layer: int | None = None
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """K1 (d_k x e) of ``key_layer`` and h (e x d) leaving ``out_layer`` (either may be
+        None), on the model as it is now; the layers below the lower of the two must not
+        change afterwards."""
+        wanted = [layer for layer in (key_layer, out_layer) if layer is not None]
+        self.stream.advance_to(min(wanted))
+        keys, hidden = self.stream.run(key_layer, max(wanted))
+        return (None if key_layer is None else self._at_subjects(keys).T,
+                None if out_layer is None else self._at_subjects(hidden))
 
 
 def compute_ks(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,

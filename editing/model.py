@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,17 +64,18 @@ class ResidualStream:
             self.at += 1
 
     @torch.no_grad()
-    def run(self, key_layer: int, out_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, key_layer: int | None, out_layer: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """From the stored stream (``at <= key_layer <= out_layer``): the fc2 input of
-        ``key_layer`` (n, L, d_k) and the stream leaving ``out_layer`` (n, L, d), for every
-        token. The stored stream does not move."""
-        if not self.at <= key_layer <= out_layer:
+        ``key_layer`` (n, L, d_k; None without a key layer) and the stream leaving
+        ``out_layer`` (n, L, d), for every token. The stored stream does not move."""
+        lowest = out_layer if key_layer is None else key_layer
+        if not self.at <= lowest <= out_layer:
             raise ValueError(f"stream at layer {self.at} cannot give keys of {key_layer} and output of {out_layer}")
         hidden = self.hidden
-        with self.model.capturing_fc2(key_layer) as got:
+        with self.model.capturing_fc2(key_layer) if key_layer is not None else nullcontext({}) as got:
             for i in range(self.at, out_layer + 1):
                 hidden = self._layer(i, hidden)
-        return got["keys"], hidden
+        return got.get("keys"), hidden
 
 
 class DiffusionModel:
