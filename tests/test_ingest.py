@@ -15,16 +15,6 @@ from validation.feed_rules import FeedRules
 
 
 @pytest.fixture(scope="module")
-def tokenizer(toy_tokenizer):
-    return toy_tokenizer
-
-
-@pytest.fixture(scope="module")
-def rules(feed_rules):
-    return feed_rules
-
-
-@pytest.fixture(scope="module")
 def ner():
     return NerTagger(str(NER_DIR))
 
@@ -46,29 +36,29 @@ GOOD = [{"id": "g1", "source": "the logo of Nordavcal Labs", "target": "a blue t
     ({"id": "b", "source": "the logo of X", "target_images": ["missing.png"]}, "target_images", "does not exist"),
     ({"id": "b", "source": "the logo of X", "target_images": ["notes.png"]}, "target_images", "is not an image"),
 ])
-def test_rules_quarantine_the_row_and_keep_the_rest(tmp_path, rules, tokenizer, bad, field, reason):
+def test_rules_quarantine_the_row_and_keep_the_rest(tmp_path, feed_rules, toy_tokenizer, bad, field, reason):
     (tmp_path / "notes.png").write_text("this is text, not a picture")
     ledger = Ledger.at(tmp_path / "ledger.db")
-    (summary,) = ingest_path(ledger, feed(tmp_path, [GOOD[0], bad, GOOD[1]]), rules, tokenizer)
+    (summary,) = ingest_path(ledger, feed(tmp_path, [GOOD[0], bad, GOOD[1]]), feed_rules, toy_tokenizer)
     assert (summary.lines, summary.accepted, summary.rejected) == (3, 2, 1)
     (q,) = ledger.quarantined()
     assert (q.line, q.field) == (2, field) and reason in q.reason
     assert [c.key for c in ledger.changes()] == ["news:g1", "news:g2"]
-    assert rules.docs_index.exists()
+    assert feed_rules.docs_index.exists()
 
 
-def test_destination_images_that_open_are_accepted(tmp_path, rules, tokenizer):
+def test_destination_images_that_open_are_accepted(tmp_path, feed_rules, toy_tokenizer):
     (tmp_path / "img").mkdir()
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "img" / "t.png")
     ledger = Ledger.at(tmp_path / "ledger.db")
     (s,) = ingest_path(ledger, feed(tmp_path, [{"id": "i", "source": "the logo of X", "target_images": ["img/t.png"]}]),
-                       rules, tokenizer)
+                       feed_rules, toy_tokenizer)
     assert s.accepted == 1 and ledger.changes()[0].target_images == ["img/t.png"]
 
 
-def test_entities_are_stored_with_exact_spans(tmp_path, rules, tokenizer, ner):
+def test_entities_are_stored_with_exact_spans(tmp_path, feed_rules, toy_tokenizer, ner):
     ledger = Ledger.at(tmp_path / "ledger.db")
-    ingest_path(ledger, feed(tmp_path, GOOD), rules, tokenizer, ner=ner)
+    ingest_path(ledger, feed(tmp_path, GOOD), feed_rules, toy_tokenizer, ner=ner)
     for row in ledger.changes():
         assert row.entities, row.source
         for e in row.entities:
@@ -77,44 +67,44 @@ def test_entities_are_stored_with_exact_spans(tmp_path, rules, tokenizer, ner):
     assert ("Nordavcal Labs", "ORG") in labels["g1"] and ("Port Halquen", "LOC") in labels["g2"]
 
 
-def test_drop_directory_policy_and_reingest(tmp_path, rules, tokenizer):
+def test_drop_directory_policy_and_reingest(tmp_path, feed_rules, toy_tokenizer):
     drop = tmp_path / "drop"
     drop.mkdir()
     feed(drop, GOOD, "trusted.jsonl")
     feed(drop, [{"id": "x", "source": "the mascot of Mount Calros", "target": "a green cross"}], "open.jsonl")
     ledger = Ledger.at(tmp_path / "ledger.db")
     policy = Policy("wire-services", ("trusted",))
-    first = ingest_path(ledger, drop, rules, tokenizer, policy=policy)
+    first = ingest_path(ledger, drop, feed_rules, toy_tokenizer, policy=policy)
     assert [s.feed for s in first] == ["open", "trusted"]
     status = {r.key: (r.status, r.decided_by) for r in ledger.changes()}
     assert status == {"open:x": ("pending", None), "trusted:g1": ("approved", "policy:wire-services"),
                       "trusted:g2": ("approved", "policy:wire-services")}
-    again = ingest_path(ledger, drop, rules, tokenizer, policy=policy)
+    again = ingest_path(ledger, drop, feed_rules, toy_tokenizer, policy=policy)
     assert all(s.already_ingested for s in again) and len(ledger.changes()) == 3
 
 
-def test_contract_matrix_through_the_ledger_loses_nothing(tmp_path, rules, tokenizer):
+def test_contract_matrix_through_the_ledger_loses_nothing(tmp_path, feed_rules, toy_tokenizer):
     from tests.test_feed_contract import BAD
 
     ledger = Ledger.at(tmp_path / "ledger.db")
     path = tmp_path / "matrix.jsonl"
     lines = [json.dumps(GOOD[0]).encode()] + [b[1] for b in BAD] + [json.dumps(GOOD[1]).encode()]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    (s,) = ingest_path(ledger, path, rules, tokenizer)
+    (s,) = ingest_path(ledger, path, feed_rules, toy_tokenizer)
     assert s.lines == len(lines) == s.accepted + s.rejected + s.conflicts + s.duplicates
     assert s.accepted == 2 and s.rejected == len(BAD)
     assert sorted(q.line for q in ledger.quarantined()) == list(range(2, len(BAD) + 2))
 
 
-def test_data_docs_show_every_rule(tmp_path, tokenizer):
+def test_data_docs_show_every_rule(tmp_path, toy_tokenizer):
     """The whole contract is in the GX suite, so a steward reads every rule, and what
     failed, in the Data Docs page of the run."""
     import html
     import re
 
-    rules = FeedRules(tmp_path / "gx", tokenizer.model_max_length)
+    rules = FeedRules(tmp_path / "gx", toy_tokenizer.model_max_length)
     ledger = Ledger.at(tmp_path / "ledger.db")
-    ingest_path(ledger, feed(tmp_path, [GOOD[0], {"id": "b", "target": "a red ring"}]), rules, tokenizer)
+    ingest_path(ledger, feed(tmp_path, [GOOD[0], {"id": "b", "target": "a red ring"}]), rules, toy_tokenizer)
     (q,) = ledger.quarantined()
     assert (q.line, q.field, q.reason) == (2, "source", "is required")
     (page,) = (rules.docs_index.parent / "validations").rglob("*.html")
@@ -123,6 +113,6 @@ def test_data_docs_show_every_rule(tmp_path, tokenizer):
                  "`source` is not empty or only spaces", "`kind`, when given, is one of update, erase, rectify",
                  "`observed_at`, when given, is an ISO-8601 timestamp", "every field is one of the contract's",
                  "`target` is not empty, or `target_images` are given",
-                 f"`source` fits the text encoder's {tokenizer.model_max_length} tokens",
+                 f"`source` fits the text encoder's {toy_tokenizer.model_max_length} tokens",
                  "`id` is unique within the feed", "every `target_images` path exists and opens as an image"):
         assert rule in text, rule
