@@ -95,20 +95,21 @@ def evaluate(model, judge, world: World, current: dict[str, Visual], seeds: int)
 
 
 def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
-        seed: int = 0) -> dict:
+        seed: int = 0, model_dir: Path = DIFFUSION_DIR) -> dict:
     world = World.read(DATA_DIR)
     judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
-    base = load_model(DIFFUSION_DIR)
+    base = load_model(model_dir)
     attr_prompts = [p for p, _ in world.attribute_prompts()]
     fid_seeds = 8
     renders = clean_renders([v for _, v in world.attribute_prompts()], fid_seeds)
     base_attr = base.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
     fid_base = fid(judge, renders, base_attr)
+    base_by_size: dict[int, dict] = {}  # every method edits the same stream: judge the base once
     results: dict = {"config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
                                 "seeds": seeds, "seed": seed}, "methods": {}}
     for name in methods:
         hp = EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name])
-        model = load_model(DIFFUSION_DIR)
+        model = load_model(model_dir)
         state, done, t1, t2 = EditState(), 0, 0.0, 0.0
         current: dict[str, Visual] = {}
         stream = edit_stream(world, max(sizes), seed)
@@ -124,7 +125,9 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
                 current.update(dict(batch))
             done = n
             metrics, _ = evaluate(model, judge, world, current, seeds)
-            base_metrics, _ = evaluate(base, judge, world, current, seeds)
+            if n not in base_by_size:
+                base_by_size[n], _ = evaluate(base, judge, world, current, seeds)
+            base_metrics = base_by_size[n]
             attr = model.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
             fid_edit = fid(judge, renders, attr)
             row = {
@@ -153,15 +156,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
+    ap.add_argument("--model", type=Path, default=DIFFUSION_DIR, help="ToyWorld pipeline (default: shipped)")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     t0 = time.time()
     results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
-                  args.methods.split(","))
+                  args.methods.split(","), model_dir=args.model)
     results["wall_seconds"] = round(time.time() - t0, 1)
     results["command"] = "python -m bench.edit_quality " + " ".join(
         f"--{k} {v}" for k, v in (("sizes", args.sizes), ("batch", args.batch), ("steps", args.steps),
                                  ("seeds", args.seeds), ("methods", args.methods)))
+    if args.model != DIFFUSION_DIR:
+        results["command"] += f" --model {args.model}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")

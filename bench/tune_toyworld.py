@@ -25,6 +25,7 @@ from toyworld.judge import ToyJudge
 from toyworld.paths import DATA_DIR, DIFFUSION_DIR, JUDGE_DIR
 from toyworld.world import World
 
+THREE_TEMPLATES = ["{}", "a photo of {}", "an image of {}"]  # EditHParams' default
 SETTINGS = [
     dict(nullspace_mode="none", beta=1.0),
     dict(nullspace_mode="relative", nullspace_threshold=1e-2, beta=1.0, exclude_sources_from_c0=False),
@@ -36,6 +37,10 @@ SETTINGS = [
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=0.01),
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=1.0),
     dict(nullspace_mode="energy", nullspace_threshold=1e-4, beta=1.0),
+    # session 4: where the keys are read (the preset reads the bare prompt only)
+    dict(layers=[2], context_templates=THREE_TEMPLATES),
+    dict(layers=[1, 2], context_templates=THREE_TEMPLATES),
+    dict(context_templates=THREE_TEMPLATES),
 ]
 
 

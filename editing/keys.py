@@ -13,15 +13,17 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from editing.model import DiffusionModel
-from editing.requests import EditRequest
+from editing.requests import EditRequest, subject_spans, templated
 
 log = logging.getLogger(__name__)
 
 
-def _subject_batch(model: DiffusionModel, requests: Sequence[EditRequest],
+def _subject_batch(model: DiffusionModel, sources: Sequence[str],
                    templates: list[str]) -> tuple[list[str], list[int]]:
-    prompts = [p for r in requests for p in r.prompts(templates)]
-    spans = [s for r in requests for s in r.subject_spans(templates)]
+    """Every source in every template, and its subject's last token (the subject is the
+    whole source)."""
+    prompts = [p for s in sources for p in templated(s, templates)]
+    spans = [span for s in sources for span in subject_spans(s, templates)]
     return prompts, model.subject_last_token(prompts, spans)
 
 
@@ -33,7 +35,7 @@ def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templ
     highest layer needed: K1 (d_k x e), fc2 input of ``key_layer`` at each subject's last
     token, and h (e x d), the residual stream leaving ``out_layer`` there; both averaged
     over the context templates."""
-    return SubjectStream(model, requests, templates).states(key_layer, out_layer)
+    return SubjectStream(model, [r.source for r in requests], templates).states(key_layer, out_layer)
 
 
 class SubjectStream:
@@ -41,11 +43,11 @@ class SubjectStream:
     off one ``ResidualStream`` that moves up with the edit: m edit layers cost about
     m(m+1)/2 + m - 1 layer forwards instead of m re-encodings up to the last edit layer."""
 
-    def __init__(self, model: DiffusionModel, requests: Sequence[EditRequest], templates: list[str]):
-        prompts, pos = _subject_batch(model, requests, templates)
+    def __init__(self, model: DiffusionModel, sources: Sequence[str], templates: list[str]):
+        prompts, pos = _subject_batch(model, sources, templates)
         self.stream = model.residual_stream(prompts)
         self.rows, self.idx = torch.arange(len(prompts)), torch.as_tensor(pos)
-        self.shape = (len(requests), len(templates))
+        self.shape = (len(sources), len(templates))
 
     def _at_subjects(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor[self.rows, self.idx].view(*self.shape, -1).mean(1)

@@ -222,19 +222,26 @@ class DiffusionModel:
         return ResidualStream(self, hidden, tuple(rest), got["kwargs"])
 
     # -- image side ----------------------------------------------------------
+    def conditioning_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The U-Net's attention mask over a prompt's tokens: None (every token, as Stable
+        Diffusion) unless the pipeline conditions on content tokens only (ToyWorld's)."""
+        mask_of = getattr(self.pipe, "conditioning_mask", None)
+        return mask_of(input_ids.to(self.device)) if mask_of is not None else None
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str] | None = None, seed: int = 0,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
-        """Images (n, h, w, 3) uint8 from prompts (or their embeddings), seeded. Sampling
-        steps and guidance default to the pipeline's own (ToyWorld: 30 DDPM steps, scale 3;
-        SD: 50 steps, 7.5)."""
+                 prompt_embeds: torch.Tensor | None = None,
+                 prompt_mask: torch.Tensor | None = None) -> np.ndarray:
+        """Images (n, h, w, 3) uint8 from prompts (or their embeddings with their
+        ``conditioning_mask``), seeded. Sampling steps and guidance default to the pipeline's
+        own (ToyWorld: 30 DDPM steps, scale 3; SD: 50 steps, 7.5)."""
         g = torch.Generator().manual_seed(seed)
         kw = {k: v for k, v in (("num_inference_steps", num_inference_steps),
                                 ("guidance_scale", guidance_scale)) if v is not None}
         if self.kind == "toyworld":
             return self.pipe(list(prompts) if prompts is not None else None, generator=g,
-                             prompt_embeds=prompt_embeds, **kw)
+                             prompt_embeds=prompt_embeds, prompt_mask=prompt_mask, **kw)
         if prompt_embeds is None:
             prompt_embeds = self.encode(prompts).hidden
         negative = self.encode([""]).hidden.expand_as(prompt_embeds)
@@ -253,10 +260,11 @@ class DiffusionModel:
                              disable=not progress)]
         return np.concatenate(out) if out else np.zeros((0, 16, 16, 3), np.uint8)
 
-    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor,
-                      embeds: torch.Tensor) -> torch.Tensor:
-        """The U-Net's noise prediction (gradients flow through when the caller allows)."""
-        return self.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+    def predict_noise(self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net's noise prediction from prompt embeddings and their
+        ``conditioning_mask`` (gradients flow through when the caller allows)."""
+        return self.unet(latents, timesteps, encoder_hidden_states=embeds, encoder_attention_mask=mask).sample
 
     @torch.no_grad()
     def images_to_latents(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

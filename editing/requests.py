@@ -10,6 +10,16 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def templated(source: str, templates: list[str]) -> list[str]:
+    """The source in each context template."""
+    return [t.format(source) for t in templates]
+
+
+def subject_spans(source: str, templates: list[str]) -> list[tuple[int, int]]:
+    """Character span of the subject (the whole source) in each templated prompt."""
+    return [(t.index("{}"), t.index("{}") + len(source)) for t in templates]
+
+
 @dataclass(frozen=True)
 class Entity:
     """A named entity that NER found in a source prompt (character span into it)."""
@@ -43,11 +53,10 @@ class EditRequest:
                                  f"{e.start}:{e.end} of its source {self.source!r}")
 
     def prompts(self, templates: list[str]) -> list[str]:
-        return [t.format(self.source) for t in templates]
+        return templated(self.source, templates)
 
     def subject_spans(self, templates: list[str]) -> list[tuple[int, int]]:
-        """Character span of the subject (the whole source) in each templated prompt."""
-        return [(t.index("{}"), t.index("{}") + len(self.source)) for t in templates]
+        return subject_spans(self.source, templates)
 
     def target_prompts(self, templates: list[str]) -> list[str]:
         return [t.format(self.target) for t in templates] if self.target else []

@@ -98,8 +98,9 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
         text_rows = [row for row in range(len(prompts)) if requests[row // n_t].target]
         tgt_prompts = [p for r in requests for p in r.target_prompts(templates)]
         c_tgt = model.encode(tgt_prompts).pooled if tgt_prompts else None
-        tgt_cond = (model.encode([r.target or "" for r in requests]).hidden
-                    .repeat_interleave(hp.noise_images, 0))
+        tgt_enc = model.encode([r.target or "" for r in requests])
+        tgt_cond = tgt_enc.hidden.repeat_interleave(hp.noise_images, 0)
+        tgt_mask = model.conditioning_mask(tgt_enc.input_ids.repeat_interleave(hp.noise_images, 0))
 
     # entity tokens: (prompt row, token) pairs and the fact that owns them
     ent_rows, ent_toks, ent_owner = [], [], []
@@ -121,6 +122,7 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
     x0, from_user = destination_latents(model, requests, hp)
     img_owner = torch.arange(e).repeat_interleave(hp.noise_images)
     src_rows = torch.arange(e).repeat_interleave(hp.noise_images) * n_t  # template 0 of each fact
+    src_mask = model.conditioning_mask(ids[src_rows])
 
     # -- optimisation
     delta = torch.zeros_like(h, requires_grad=True)
@@ -148,9 +150,9 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
             t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
             x_t = model.add_noise(x0, noise, t)
-            eps_src = model.predict_noise(x_t, t, enc.hidden[src_rows])
+            eps_src = model.predict_noise(x_t, t, enc.hidden[src_rows], src_mask)
             with torch.no_grad():
-                eps_tgt = model.predict_noise(x_t, t, tgt_cond)
+                eps_tgt = model.predict_noise(x_t, t, tgt_cond, tgt_mask)
             eps_tgt = torch.where(from_user[:, None, None, None], noise, eps_tgt)
             l_noise = _per_fact(_mse_per_row(eps_src, eps_tgt), img_owner, e)
             l_wd = hp.weight_decay * delta.norm(dim=1) ** 2 / h.norm(dim=1) ** 2

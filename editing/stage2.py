@@ -55,7 +55,7 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
     out: dict[int, LayerEdit] = {}
-    subjects = SubjectStream(model, requests, templates)
+    subjects = SubjectStream(model, [r.source for r in requests], templates)
     for i, layer in enumerate(layers):
         k1, cur = subjects.states(key_layer=layer, out_layer=last)
         k1, cur = k1.double(), cur.double()
@@ -74,4 +74,4 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())
-    return Edit(out, [r.id for r in requests])
+    return Edit(out, [r.id for r in requests], sources=[r.source for r in requests], templates=templates)

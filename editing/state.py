@@ -3,7 +3,10 @@
 A batch's update at layer l is Delta_l = R_l B_l with R_l (d x e) and B_l (e x d_k)
 (ALGORITHMS.md: "Delta has rank <= e"). A version of the model is the base weights plus
 the chain of its batches' factors. The state the next batch starts from is, per layer,
-Kp Kp^T = sum over the chain of K1 K1^T; each batch therefore also keeps its keys K1.
+Kp Kp^T = sum over the chain of K1 K1^T of every batch, each K1 taken on the model right
+after its batch. A batch's keys are either stored with its factors or, to keep a
+version small (issue 3's storage target), recomputed from its sources when the chain is
+replayed on the base model: the same forward pass that made them, on the same weights.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ EDIT_MANIFEST = "edit.json"
 class LayerEdit:
     r: torch.Tensor  # (d, e) residuals spread to this layer
     b: torch.Tensor  # (e, d_k) right factor: K1^T P A^-1 (or EMCID's)
-    keys: torch.Tensor  # (d_k, e) K1 at this layer, on the edited model
+    keys: torch.Tensor | None  # (d_k, e) K1 at this layer, on the edited model (None: not stored)
 
     def dense(self) -> torch.Tensor:
         return self.r.double() @ self.b.double()
@@ -37,6 +40,8 @@ class Edit:
 
     layers: dict[int, LayerEdit]
     request_ids: list[str]
+    sources: list[str] = field(default_factory=list)  # each request's source (its subject)
+    templates: list[str] = field(default_factory=list)  # context templates K1 averages over
     meta: dict = field(default_factory=dict)
 
     @torch.no_grad()
@@ -46,15 +51,35 @@ class Edit:
             w = model.fc2(layer).weight
             w += le.dense().to(w.dtype, copy=False).to(w.device)
 
-    def save(self, directory: Path, dtype: torch.dtype = torch.float32) -> list[Path]:
+    @property
+    def has_keys(self) -> bool:
+        return all(le.keys is not None for le in self.layers.values())
+
+    @torch.no_grad()
+    def recompute_keys(self, model: DiffusionModel) -> None:
+        """K1 of every layer from the batch's sources, on ``model``: the model with this
+        batch (and the chain before it, nothing after) applied."""
+        from editing.keys import SubjectStream
+
+        if not self.sources or not self.templates:
+            raise ValueError(f"edit of {self.request_ids[:3]}...: neither keys nor sources and templates "
+                             "were stored, so its keys cannot be recomputed")
+        stream = SubjectStream(model, self.sources, self.templates)
+        for layer in sorted(self.layers):
+            self.layers[layer].keys = stream.states(key_layer=layer)[0].float()
+
+    def save(self, directory: Path, dtype: torch.dtype = torch.float32, keys: bool = True) -> list[Path]:
+        """Factors (and, with ``keys``, K1) in safetensors, the rest in a JSON manifest."""
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {}
         for layer, le in self.layers.items():
             tensors[f"r.{layer}"] = le.r.to(dtype).contiguous()
             tensors[f"b.{layer}"] = le.b.to(dtype).contiguous()
-            tensors[f"keys.{layer}"] = le.keys.to(dtype).contiguous()
+            if keys:
+                tensors[f"keys.{layer}"] = le.keys.to(dtype).contiguous()
         save_file(tensors, directory / EDIT_FILE)
-        manifest = {"layers": sorted(self.layers), "request_ids": self.request_ids,
+        manifest = {"layers": sorted(self.layers), "request_ids": self.request_ids, "sources": self.sources,
+                    "templates": self.templates, "keys_stored": keys,
                     "dtype": str(dtype).removeprefix("torch."), **self.meta}
         (directory / EDIT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         return [directory / EDIT_FILE, directory / EDIT_MANIFEST]
@@ -63,10 +88,13 @@ class Edit:
     def load(cls, directory: Path) -> Edit:
         manifest = json.loads((directory / EDIT_MANIFEST).read_text())
         t = load_file(directory / EDIT_FILE)
-        layers = {l: LayerEdit(t[f"r.{l}"].float(), t[f"b.{l}"].float(), t[f"keys.{l}"].float())
+        layers = {l: LayerEdit(t[f"r.{l}"].float(), t[f"b.{l}"].float(),
+                               t[f"keys.{l}"].float() if f"keys.{l}" in t else None)
                   for l in manifest["layers"]}
-        meta = {k: v for k, v in manifest.items() if k not in ("layers", "request_ids", "dtype")}
-        return cls(layers, manifest["request_ids"], meta)
+        own = ("layers", "request_ids", "sources", "templates", "keys_stored", "dtype")
+        meta = {k: v for k, v in manifest.items() if k not in own}
+        return cls(layers, manifest["request_ids"], manifest.get("sources", []), manifest.get("templates", []),
+                   meta)
 
     @property
     def size(self) -> int:
@@ -83,8 +111,13 @@ class EditState:
     def kp(self, layer: int, d_k: int) -> torch.Tensor:
         return self.cov.get(layer, torch.zeros(d_k, d_k, dtype=torch.float64))
 
-    def after(self, edit: Edit) -> EditState:
-        """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5)."""
+    def after(self, edit: Edit, model: DiffusionModel | None = None) -> EditState:
+        """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5). An edit saved
+        without its keys needs ``model``, with the chain up to this edit applied."""
+        if not edit.has_keys:
+            if model is None:
+                raise ValueError("this edit was stored without its keys: pass the model it was applied to")
+            edit.recompute_keys(model)
         cov = dict(self.cov)
         for layer, le in edit.layers.items():
             k = le.keys.double()
@@ -92,8 +125,13 @@ class EditState:
         return EditState(cov, self.n_edits + edit.size)
 
     @classmethod
-    def from_chain(cls, edits: list[Edit]) -> EditState:
+    def from_chain(cls, edits: list[Edit], base: DiffusionModel | None = None) -> EditState:
+        """The state after a chain. With ``base`` (the unedited model), the chain is replayed
+        on it, edit by edit, and keys that were not stored are recomputed on the way; ``base``
+        ends as the chain's model."""
         state = cls()
         for e in edits:
-            state = state.after(e)
+            if base is not None:
+                e.apply(base)
+            state = state.after(e, base)
         return state

@@ -42,7 +42,7 @@ def _toyworld_train(args: argparse.Namespace) -> int:
         result = train.train_diffusion(world, out or paths.DIFFUSION_DIR, judge_dir=paths.JUDGE_DIR,
                                        init_from=args.init_from, attribute_weight=args.attribute_weight,
                                        paraphrase_weight=args.paraphrase_weight,
-                                       eos_mask_prob=args.eos_mask_prob, **kw)
+                                       content_tokens_only=args.content_tokens_only, **kw)
     print(json.dumps(result))
     return 0
 
@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how much more often attribute prompts are drawn (diffusion)")
     t.add_argument("--paraphrase-weight", type=float, default=1.0,
                    help="how much more often training paraphrases are drawn (diffusion)")
-    t.add_argument("--eos-mask-prob", type=float, default=0.0,
-                   help="fraction of prompts whose [EOS] and padding the U-Net may not read (diffusion)")
+    t.add_argument("--content-tokens-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="the U-Net reads the prompt's words only, not [EOS] and padding, in training "
+                        "and in the saved pipeline (diffusion; default: as --init-from, else off)")
     t.set_defaults(func=_toyworld_train)
     c = tws.add_parser("check", help="measure the shipped models on held-out prompts")
     c.add_argument("--json", action="store_true", help="print one JSON object")

@@ -76,15 +76,21 @@ def batch_key(parent: int, base_hash: str, facts: list[dict], hparams: dict) -> 
 
 def materialise(manifest: dict, cache_dir: Path, verify_base: bool = True) -> DiffusionModel:
     """Base + chain of edits of a manifest, as a ``DiffusionModel`` (edited in memory)."""
+    model = load_base(manifest, verify_base)
+    for edit in chain_edits(manifest, cache_dir):
+        edit.apply(model)
+    return model
+
+
+def load_base(manifest: dict, verify: bool = True) -> DiffusionModel:
+    """The unedited base model of a manifest, checked against its recorded content hash."""
     base = manifest["base"]
     model = load_model(base["ref"])
-    if verify_base and model.base_hash != base["hash"]:
+    if verify and model.base_hash != base["hash"]:
         raise BaseMismatch(
             f"base model {base['ref']!r} has content hash {model.base_hash[:16]}..., but this version "
             f"was made from {base['hash'][:16]}...: the base weights changed since (tampered or "
             "replaced). Restore the original base or register a new base with `freshen registry init`.")
-    for edit in chain_edits(manifest, cache_dir):
-        edit.apply(model)
     return model
 
 
@@ -216,8 +222,13 @@ class Registry:
         return copy.deepcopy(self._models[number])
 
     def edit_state(self, number: int) -> EditState:
-        """The sequential state a batch on top of ``number`` starts from (Kp Kp^T per layer)."""
-        return EditState.from_chain(chain_edits(self.version(number).manifest, self.cache_dir))
+        """The sequential state a batch on top of ``number`` starts from (Kp Kp^T per layer).
+        Versions store no keys (``upload_batch``): the chain is replayed on the base model and
+        each batch's keys recomputed right after it, one forward pass per batch."""
+        manifest = self.version(number).manifest
+        edits = chain_edits(manifest, self.cache_dir)
+        base = None if all(e.has_keys for e in edits) else load_base(manifest)
+        return EditState.from_chain(edits, base)
 
     # -- writing -----------------------------------------------------------------
     def init(self, base: str, by: str = "freshen") -> Version:
@@ -296,7 +307,7 @@ class Registry:
                 experiment_id=self.experiment_id, tags=tags) as run:
             tmp = Path(tmp)
             if edit is not None:
-                edit.save(tmp / "edit")
+                edit.save(tmp / "edit", keys=False)  # recomputed on replay (edit_state)
                 self.mlflow.log_artifacts(str(tmp / "edit"), "edit")
                 manifest["chain"].append({"run_id": run.info.run_id,
                                           "edit_uri": f"{run.info.artifact_uri}/edit",

@@ -74,10 +74,53 @@ def test_generation_is_seeded(toy_model):
 
 def test_generation_from_embeddings_equals_from_prompts(toy_model):
     prompts = ["a green square"]
-    emb = toy_model.encode(prompts).hidden
+    enc = toy_model.encode(prompts)
     a = toy_model.generate(prompts, seed=1, num_inference_steps=8)
-    b = toy_model.generate(prompt_embeds=emb, seed=1, num_inference_steps=8)
+    b = toy_model.generate(prompt_embeds=enc.hidden, prompt_mask=toy_model.conditioning_mask(enc.input_ids),
+                           seed=1, num_inference_steps=8)
     assert np.array_equal(a, b)
+
+
+def toy_with(content_only: bool) -> DiffusionModel:
+    """The shipped ToyWorld pipeline, its U-Net reading content tokens only or every token."""
+    from toyworld.paths import DIFFUSION_DIR
+    from toyworld.pipeline import ToyDiffusionPipeline
+
+    pipe = ToyDiffusionPipeline.from_pretrained(DIFFUSION_DIR)
+    pipe.register_to_config(content_tokens_only=content_only)
+    return DiffusionModel(pipe, str(DIFFUSION_DIR), "toyworld")
+
+
+def test_shipped_toyworld_reads_content_tokens_only(toy_model):
+    assert toy_model.pipe.config.content_tokens_only is True
+
+
+@pytest.mark.parametrize("content_only", [False, True])
+def test_conditioning_mask_decides_what_the_unet_reads(content_only):
+    """With content tokens only, nothing at [EOS] or after it reaches the U-Net (images and
+    noise predictions are unchanged when those states change); otherwise it does."""
+    model = toy_with(content_only)
+    enc = model.encode(["the flag of Port Halquen", "a red circle"])
+    mask = model.conditioning_mask(enc.input_ids)
+    if content_only:
+        assert mask.tolist() == [[int(j < i) for j in range(enc.input_ids.shape[1])] for i in enc.eos_index.tolist()]
+    else:
+        assert mask is None
+    after = torch.arange(enc.hidden.shape[1])[None, :, None] >= enc.eos_index[:, None, None]
+    changed = torch.where(after, torch.randn_like(enc.hidden) * 3, enc.hidden)
+    lat = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([100, 700])
+    same = torch.allclose(model.predict_noise(lat, t, enc.hidden, mask), model.predict_noise(lat, t, changed, mask),
+                          atol=1e-5)
+    a = model.generate(prompt_embeds=enc.hidden, prompt_mask=mask, seed=2, num_inference_steps=4)
+    b = model.generate(prompt_embeds=changed, prompt_mask=mask, seed=2, num_inference_steps=4)
+    assert same == content_only and np.array_equal(a, b) == content_only
+
+
+def test_content_only_pipeline_needs_a_mask_with_embeddings(toy_model):
+    enc = toy_model.encode(["a red circle"])
+    with pytest.raises(ValueError, match="prompt_mask"):
+        toy_model.generate(prompt_embeds=enc.hidden, seed=0, num_inference_steps=2)
 
 
 def test_noise_prediction_and_latents_in_pixel_space(toy_model):

@@ -58,34 +58,64 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2) / 127.5 - 1
 
 
+def content_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(n, L) long mask: 1 for the tokens before each row's first [EOS] ([BOS] and words)."""
+    eos_at = (input_ids == eos_token_id).int().argmax(dim=1)
+    return (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < eos_at[:, None]).long()
+
+
 class ToyDiffusionPipeline(DiffusionPipeline):
     """Pixel-space text-to-image pipeline with Stable Diffusion's component classes."""
 
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-                 unet: UNet2DConditionModel, scheduler: DDPMScheduler):
+                 unet: UNet2DConditionModel, scheduler: DDPMScheduler,
+                 content_tokens_only: bool = False):
         super().__init__()
         self.register_modules(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
+        # The U-Net cross-attends to the prompt's own tokens only ([BOS] and the words), not
+        # to [EOS] and the padding after it. A small encoder otherwise looks every fact up in
+        # [EOS] straight from the word embeddings; CLIP in Stable Diffusion recalls it at the
+        # subject's last token, where the editing method reads and writes (ALGORITHMS.md).
+        self.register_to_config(content_tokens_only=content_tokens_only)
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.tokenizer(prompts, padding="max_length", truncation=True,
                               max_length=self.tokenizer.model_max_length, return_tensors="pt")
 
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden states of the prompts and the U-Net's attention mask over them (None when
+        the U-Net sees every token)."""
         ids = self.tokenize(prompts)["input_ids"].to(self.text_encoder.device)
-        return self.text_encoder(ids)[0]
+        return self.text_encoder(ids)[0], self.conditioning_mask(ids)
+
+    def conditioning_mask(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """(n, L) mask of the tokens the U-Net attends to: up to the first [EOS] when the
+        pipeline conditions on content tokens only, else None (all tokens)."""
+        return content_mask(input_ids, self.tokenizer.eos_token_id) if self.config.content_tokens_only else None
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], generator: torch.Generator | None = None,
+    def __call__(self, prompts: list[str] | None, generator: torch.Generator | None = None,
                  num_inference_steps: int = 30, guidance_scale: float = 3.0,
-                 prompt_embeds: torch.Tensor | None = None) -> np.ndarray:
-        """Generate one image per prompt; returns (n, h, w, 3) uint8."""
+                 prompt_embeds: torch.Tensor | None = None,
+                 prompt_mask: torch.Tensor | None = None) -> np.ndarray:
+        """Generate one image per prompt (or per row of ``prompt_embeds``, with its
+        ``prompt_mask`` when the pipeline conditions on content tokens only); returns
+        (n, h, w, 3) uint8."""
         # 1. encode prompt (and the empty prompt for classifier-free guidance)
-        cond = self.encode_prompt(prompts) if prompt_embeds is None else prompt_embeds
+        if prompt_embeds is None:
+            cond, cond_mask = self.encode_prompt(prompts)
+        elif self.config.content_tokens_only and prompt_mask is None:
+            raise ValueError("this pipeline conditions on content tokens only: pass prompt_mask "
+                             "(conditioning_mask of the prompts' ids) with prompt_embeds")
+        else:
+            cond, cond_mask = prompt_embeds, prompt_mask
         n = cond.shape[0]
-        uncond = self.encode_prompt([""]).expand(n, -1, -1)
+        uncond, uncond_mask = self.encode_prompt([""])
+        uncond = uncond.expand(n, -1, -1)
+        mask = None if cond_mask is None else torch.cat([uncond_mask.expand(n, -1), cond_mask.to(cond.device)])
         # 2. prepare noise
         size = self.unet.config.sample_size
         x = torch.randn((n, self.unet.config.in_channels, size, size), generator=generator,
@@ -94,7 +124,8 @@ class ToyDiffusionPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         embeds = torch.cat([uncond, cond])
         for t in self.scheduler.timesteps:
-            eps_u, eps_c = self.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds).sample.chunk(2)
+            eps_u, eps_c = self.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds,
+                                     encoder_attention_mask=mask).sample.chunk(2)
             eps = eps_u + guidance_scale * (eps_c - eps_u)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
         # 4. to images

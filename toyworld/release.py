@@ -17,7 +17,12 @@ TRAIN_COMMANDS = {
                  "--init-from toyworld/models/diffusion`, then two that draw the training paraphrases more often: "
                  "`freshen toyworld train diffusion --seed 5 --steps 5000 --lr 4e-4 --paraphrase-weight 4 "
                  "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 6 --steps 6000 "
-                 "--lr 5e-4 --paraphrase-weight 8 --init-from toyworld/models/diffusion",
+                 "--lr 5e-4 --paraphrase-weight 8 --init-from toyworld/models/diffusion`, then two that make the U-Net "
+                 "read the prompt's words only, not [EOS] and padding (so the subject's last token carries the "
+                 "fact, where the editing method writes it): `freshen toyworld train diffusion --seed 7 --steps 6000 "
+                 "--lr 5e-4 --paraphrase-weight 4 --content-tokens-only --init-from toyworld/models/diffusion` and "
+                 "`freshen toyworld train diffusion --seed 8 --steps 5000 --lr 4e-4 --paraphrase-weight 8 "
+                 "--attribute-weight 2 --init-from toyworld/models/diffusion",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
@@ -28,6 +33,9 @@ WHAT = {
            "model=PATH, aggregation_strategy=\"simple\")`.",
     "diffusion": "A pixel-space text-to-image model with Stable Diffusion's component classes "
                  "(CLIPTextModel, CLIPTokenizer, UNet2DConditionModel, DDPMScheduler), 16x16 RGB. "
+                 "Its U-Net cross-attends to the prompt's own tokens only (`content_tokens_only` in "
+                 "`model_index.json`): [EOS] and padding are masked, so a fact is read at the subject's last "
+                 "token, as EMCID finds in Stable Diffusion's CLIP. "
                  "Load with `toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or "
                  "`editing.model.load_model(PATH)`.",
 }

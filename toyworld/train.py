@@ -26,6 +26,7 @@ from toyworld.pipeline import (
     build_scheduler,
     build_text_encoder,
     build_unet,
+    content_mask,
     from_uint8,
 )
 from toyworld.tokenizers import train_bert_tokenizer, train_clip_tokenizer
@@ -188,7 +189,7 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                     caption_dropout: float = 0.1, eval_every: int = 1000,
                     judge_dir: Path | None = None, init_from: Path | None = None,
                     attribute_weight: float = 1.0, paraphrase_weight: float = 1.0,
-                    eos_mask_prob: float = 0.0) -> dict:
+                    content_tokens_only: bool | None = None) -> dict:
     """Joint training from scratch of text encoder and U-Net on the world's prompts, or a
     continued run from the pipeline saved in ``init_from`` (a new one-cycle schedule).
 
@@ -197,12 +198,12 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
     draws attribute prompts ("a red circle") that many times more often than facts;
     ``paraphrase_weight`` the training paraphrases ("the emblem of X", "X's logo"), so that the
     relation synonyms are learnt as such and carry over to the held-out facts' paraphrases.
-    ``eos_mask_prob``: that fraction of training prompts hide [EOS] and padding from the
-    U-Net's cross-attention, so the prompt's last word (the subject's last token: every
-    context template ends with the subject) must carry what the image needs. Without it a
-    small encoder does each fact lookup in the [EOS] token straight from the word embeddings,
-    and an edit at the subject token (where EMCID and Stable Diffusion's CLIP put it) cannot
-    reach it. Inference never masks: the pipeline stays Stable Diffusion's.
+    ``content_tokens_only``: the U-Net cross-attends to the prompt's words only, never to
+    [EOS] and the padding, in training and in the saved pipeline (its config). The last word
+    of every context template is the subject's last token, so that token must carry what the
+    image needs, as in Stable Diffusion's CLIP. Without it a small encoder looks each fact up
+    in [EOS] straight from the word embeddings, where an edit at the subject token (EMCID's
+    key) cannot reach it. None: as the pipeline in ``init_from`` (False from scratch).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -214,6 +215,8 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
     else:
         tokenizer = train_clip_tokenizer(world.captions(), vocab_size=1000, model_max_length=32)
         text_encoder, unet = build_text_encoder(tokenizer), build_unet()
+    if content_tokens_only is None:
+        content_tokens_only = bool(init_from is not None and start.config.content_tokens_only)
     scheduler = build_scheduler()
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     pairs = world.training_prompts()
@@ -241,12 +244,9 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
         x0 = bank[pair_visual[idx], torch.as_tensor(rng.integers(bank.shape[1], size=batch_size))]
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,))
         noise = torch.randn_like(x0)
-        keep = torch.ones_like(ids)
-        hide = torch.as_tensor(rng.random(batch_size) < eos_mask_prob)
-        eos_at = (ids == tokenizer.eos_token_id).int().argmax(dim=1)
-        keep[hide] = (torch.arange(ids.shape[1])[None] < eos_at[:, None])[hide].long()
+        mask = content_mask(ids, tokenizer.eos_token_id) if content_tokens_only else None
         pred = unet(scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=text_encoder(ids)[0],
-                    encoder_attention_mask=keep).sample
+                    encoder_attention_mask=mask).sample
         loss = nn.functional.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()
@@ -258,7 +258,7 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
         if step % 100 == 0:
             logger(step=step, loss=round(loss.item(), 4), lr=round(sched.get_last_lr()[0], 6))
         if step % eval_every == 0 or step == steps:
-            pipe = ToyDiffusionPipeline(ema_te, tokenizer, ema_unet, scheduler)
+            pipe = ToyDiffusionPipeline(ema_te, tokenizer, ema_unet, scheduler, content_tokens_only)
             pipe.save_pretrained(out, safe_serialization=True)
             if judge is not None:
                 from toyworld.check import quick_accuracy
@@ -267,5 +267,5 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
                 logger(step=step, **result)
     return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
             "caption_dropout": caption_dropout, "attribute_weight": attribute_weight,
-            "paraphrase_weight": paraphrase_weight, "eos_mask_prob": eos_mask_prob,
+            "paraphrase_weight": paraphrase_weight, "content_tokens_only": content_tokens_only,
             "init_from": str(init_from) if init_from else None, **result}
