@@ -95,7 +95,9 @@ def evaluate(model, judge, world: World, current: dict[str, Visual], seeds: int)
 
 
 def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
-        seed: int = 0, model_dir: Path = DIFFUSION_DIR) -> dict:
+        seed: int = 0, model_dir: Path = DIFFUSION_DIR, out: Path | None = None, command: str = "") -> dict:
+    """Every method on the same stream; with ``out``, the results so far are written after
+    every row (a long run that is stopped keeps what it measured; ``complete`` says which)."""
     world = World.read(DATA_DIR)
     judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
     base = load_model(model_dir)
@@ -105,7 +107,7 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
     base_attr = base.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
     fid_base = fid(judge, renders, base_attr)
     base_by_size: dict[int, dict] = {}  # every method edits the same stream: judge the base once
-    results: dict = {"config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
+    results: dict = {"command": command, "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
                                 "seeds": seeds, "seed": seed}, "methods": {}}
     for name in methods:
         hp = EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name])
@@ -143,9 +145,11 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
                 "facts_edited": len(current),
             }
             per_size[str(n)] = row
+            results["methods"][name] = per_size
             print(json.dumps({"method": name, "edits": n, **row}), flush=True)
-        results["methods"][name] = per_size
-    return results
+            if out is not None:
+                out.write_text(json.dumps({**results, "complete": False}, indent=1) + "\n")
+    return {**results, "complete": True}
 
 
 def main() -> None:
@@ -158,17 +162,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
     ap.add_argument("--model", type=Path, default=DIFFUSION_DIR, help="ToyWorld pipeline (default: shipped)")
     args = ap.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
-    t0 = time.time()
-    results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
-                  args.methods.split(","), model_dir=args.model)
-    results["wall_seconds"] = round(time.time() - t0, 1)
-    results["command"] = "python -m bench.edit_quality " + " ".join(
+    command = "python -m bench.edit_quality " + " ".join(
         f"--{k} {v}" for k, v in (("sizes", args.sizes), ("batch", args.batch), ("steps", args.steps),
                                  ("seeds", args.seeds), ("methods", args.methods)))
     if args.model != DIFFUSION_DIR:
-        results["command"] += f" --model {args.model}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+        command += f" --model {args.model}"
+    t0 = time.time()
+    results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
+                  args.methods.split(","), model_dir=args.model, out=args.out, command=command)
+    results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -134,6 +134,12 @@ def test_steward_approves_two_of_three_through_the_rest_api(airflow, world):
         return items[0] if items else None
 
     detail = wait("the steward approval task", hitl_waiting, 480, log)
+    # A steward answers in minutes, not in the second after the task paused: answering that
+    # fast races Airflow's scheduler, which may then handle the executor's "workload finished"
+    # event of the paused task after re-queuing it, and fail it (seen on a loaded machine).
+    ti = f"{runs}/taskInstances/steward_approval"
+    wait("the task to await input", lambda: s.get(ti, timeout=10).json().get("state") == "awaiting_input", 120, log)
+    time.sleep(10)
     keys = [f"desk:s{i}" for i in range(3)]
     assert set(keys) <= set(detail["options"]) and "desk.example" in detail["body"]
     r = s.patch(f"{runs}/taskInstances/steward_approval/-1/hitlDetails",
