@@ -66,12 +66,13 @@ def main() -> None:
             out["toyworld"][str(n)] = {"version_run_bytes": sizes, "edit_bytes": sizes.get("edit", 0),
                                        "edit_over_encoder": round(sizes.get("edit", 0) / encoder_bytes, 4)}
     d, d_k, n_layers, enc = 768, 3072, 11, 123_060_480 * 4  # SD 1.4 CLIP text encoder, float32
-    out["sd14_estimate"] = {str(n): {"edit_bytes": n_layers * n * (d + d_k + d_k) * 4,
-                                     "edit_over_encoder": round(n_layers * n * (d + d_k + d_k) * 4 / enc, 4),
-                                     "without_keys_over_encoder": round(n_layers * n * (d + d_k) * 4 / enc, 4)}
+    out["sd14_estimate"] = {str(n): {"edit_bytes": n_layers * n * (d + d_k) * 4,
+                                     "edit_over_encoder": round(n_layers * n * (d + d_k) * 4 / enc, 4),
+                                     "with_keys_over_encoder": round(n_layers * n * (d + d_k + d_k) * 4 / enc, 4)}
                             for n in (10, 100)}
-    out["note"] = ("edit bytes = per edit layer R (d x e), B (e x d_k) and the keys K1 (d_k x e) the next "
-                   "sequential batch needs, float32; the manifest and the pyfunc wrapper add a few kB")
+    out["note"] = ("edit bytes = per edit layer R (d x e) and B (e x d_k), float32 (a registered version does "
+                   "not store the keys K1 (d_k x e): they are recomputed on replay); the manifest and the "
+                   "pyfunc wrapper add a few kB")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "registry.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
