@@ -41,6 +41,10 @@ SETTINGS = [
     dict(layers=[2], context_templates=THREE_TEMPLATES),
     dict(layers=[1, 2], context_templates=THREE_TEMPLATES),
     dict(context_templates=THREE_TEMPLATES),
+    # session 5: one key column per (fact, template) instead of their mean
+    dict(context_templates=THREE_TEMPLATES, key_columns="per_template"),
+    dict(protect_entities=True),
+    dict(context_templates=THREE_TEMPLATES, key_columns="per_template", protect_entities=True),
 ]
 
 

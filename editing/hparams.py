@@ -33,6 +33,10 @@ class EditHParams:
     # -- Stage II (ALGORITHMS.md "Stage II")
     method: str = "nullspace"  # "nullspace" (004_...) or "emcid" (EMCID's closed form)
     residual: str = "memit"  # R spread over the layers left (MEMIT convention)
+    # K1's columns: "mean" = one key per fact averaged over the context templates (MEMIT,
+    # EMCID); "per_template" = one key per (fact, template), each with the fact's Stage I
+    # delta as its target (beyond the papers; see docs/editing.md)
+    key_columns: str = "mean"
     beta: float = 1.0  # ridge term beta I of Eq. 7
     nullspace_mode: str = "relative"  # how P is cut from C0's spectrum
     nullspace_threshold: float = 1e-2
@@ -49,6 +53,8 @@ class EditHParams:
             raise ValueError(f"hparams.method: {self.method!r} is not one of {METHODS}")
         if self.nullspace_mode not in NULLSPACE_MODES:
             raise ValueError(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
+        if self.key_columns not in ("mean", "per_template"):
+            raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not 'mean' or 'per_template'")
         if self.residual != "memit":
             raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if "{}" not in self.context_templates[0]:

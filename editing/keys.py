@@ -38,19 +38,30 @@ def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templ
     return SubjectStream(model, [r.source for r in requests], templates).states(key_layer, out_layer)
 
 
+KEY_COLUMNS = ("mean", "per_template")
+
+
 class SubjectStream:
     """Stage II's K1 and h (as ``subject_states``) for one batch at ascending layers, read
     off one ``ResidualStream`` that moves up with the edit: m edit layers cost about
-    m(m+1)/2 + m - 1 layer forwards instead of m re-encodings up to the last edit layer."""
+    m(m+1)/2 + m - 1 layer forwards instead of m re-encodings up to the last edit layer.
 
-    def __init__(self, model: DiffusionModel, sources: Sequence[str], templates: list[str]):
+    ``columns``: "mean" gives one column per source, averaged over the templates (MEMIT,
+    EMCID); "per_template" one column per (source, template), source-major (e * T)."""
+
+    def __init__(self, model: DiffusionModel, sources: Sequence[str], templates: list[str],
+                 columns: str = "mean"):
+        if columns not in KEY_COLUMNS:
+            raise ValueError(f"key columns {columns!r} is not one of {KEY_COLUMNS}")
         prompts, pos = _subject_batch(model, sources, templates)
         self.stream = model.residual_stream(prompts)
         self.rows, self.idx = torch.arange(len(prompts)), torch.as_tensor(pos)
         self.shape = (len(sources), len(templates))
+        self.columns = columns
 
     def _at_subjects(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor[self.rows, self.idx].view(*self.shape, -1).mean(1)
+        at = tensor[self.rows, self.idx]
+        return at if self.columns == "per_template" else at.view(*self.shape, -1).mean(1)
 
     @torch.no_grad()
     def states(self, key_layer: int | None = None, out_layer: int | None = None

@@ -4,6 +4,8 @@ For each edit layer l, ascending (i = 0..m-1):
   1. K1 = compute_ks(l) on the model with the layers below already edited (read off one
      residual stream that moves up with the edit, ``keys.SubjectStream``);
   2. R = (Z - h_last) / (m - i)                        (MEMIT's spread of the residual);
+     with ``key_columns="per_template"`` K1 has a column per (fact, template) and Z a
+     target per column: that template's h_last before the batch plus the fact's delta;
   3. P = null-space projection of C0 (keys.null_space_projection);
   4. Delta = R K1^T P (Kp Kp^T P + K1 K1^T P + beta I)^-1, as R times
      B = K1^T P A^-1, found by a float64 linear solve of A^T B^T = P K1 (P symmetric);
@@ -55,11 +57,18 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
     out: dict[int, LayerEdit] = {}
-    subjects = SubjectStream(model, [r.source for r in requests], templates)
+    subjects = SubjectStream(model, [r.source for r in requests], templates, hp.key_columns)
+    targets = zs.double()
     for i, layer in enumerate(layers):
         k1, cur = subjects.states(key_layer=layer, out_layer=last)
         k1, cur = k1.double(), cur.double()
-        r = ((zs.double() - cur) / (len(layers) - i)).T
+        if i == 0 and hp.key_columns == "per_template":
+            # Stage I's z_i = mean_t h_it + delta_i, and delta_i was added at every template:
+            # template t of fact i aims at h_it + delta_i (nothing of the batch is applied yet)
+            n_t = len(templates)
+            delta = targets - cur.view(len(requests), n_t, -1).mean(1)
+            targets = cur + delta.repeat_interleave(n_t, 0)
+        r = ((targets - cur) / (len(layers) - i)).T
         p = None
         if hp.method == "nullspace":
             p = projections[layer]
@@ -74,4 +83,5 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())
-    return Edit(out, [r.id for r in requests], sources=[r.source for r in requests], templates=templates)
+    return Edit(out, [r.id for r in requests], sources=[r.source for r in requests], templates=templates,
+                key_columns=hp.key_columns)

@@ -26,7 +26,7 @@ EDIT_MANIFEST = "edit.json"
 
 @dataclass
 class LayerEdit:
-    r: torch.Tensor  # (d, e) residuals spread to this layer
+    r: torch.Tensor  # (d, e) residuals spread to this layer (e * T with a key column per template)
     b: torch.Tensor  # (e, d_k) right factor: K1^T P A^-1 (or EMCID's)
     keys: torch.Tensor | None  # (d_k, e) K1 at this layer, on the edited model (None: not stored)
 
@@ -38,11 +38,12 @@ class LayerEdit:
 class Edit:
     """One batch's update of the text encoder, kept as factors per layer."""
 
-    layers: dict[int, LayerEdit]
+    layers: dict[int, LayerEdit]  # keys: (d_k, e) or, one column per template, (d_k, e * T)
     request_ids: list[str]
     sources: list[str] = field(default_factory=list)  # each request's source (its subject)
-    templates: list[str] = field(default_factory=list)  # context templates K1 averages over
+    templates: list[str] = field(default_factory=list)  # context templates K1 is read in
     meta: dict = field(default_factory=dict)
+    key_columns: str = "mean"  # K1 averaged over the templates, or one column per template
 
     @torch.no_grad()
     def apply(self, model: DiffusionModel) -> None:
@@ -64,7 +65,7 @@ class Edit:
         if not self.sources or not self.templates:
             raise ValueError(f"edit of {self.request_ids[:3]}...: neither keys nor sources and templates "
                              "were stored, so its keys cannot be recomputed")
-        stream = SubjectStream(model, self.sources, self.templates)
+        stream = SubjectStream(model, self.sources, self.templates, self.key_columns)
         for layer in sorted(self.layers):
             self.layers[layer].keys = stream.states(key_layer=layer)[0].float()
 
@@ -79,7 +80,7 @@ class Edit:
                 tensors[f"keys.{layer}"] = le.keys.to(dtype).contiguous()
         save_file(tensors, directory / EDIT_FILE)
         manifest = {"layers": sorted(self.layers), "request_ids": self.request_ids, "sources": self.sources,
-                    "templates": self.templates, "keys_stored": keys,
+                    "templates": self.templates, "key_columns": self.key_columns, "keys_stored": keys,
                     "dtype": str(dtype).removeprefix("torch."), **self.meta}
         (directory / EDIT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         return [directory / EDIT_FILE, directory / EDIT_MANIFEST]
@@ -91,10 +92,10 @@ class Edit:
         layers = {l: LayerEdit(t[f"r.{l}"].float(), t[f"b.{l}"].float(),
                                t[f"keys.{l}"].float() if f"keys.{l}" in t else None)
                   for l in manifest["layers"]}
-        own = ("layers", "request_ids", "sources", "templates", "keys_stored", "dtype")
+        own = ("layers", "request_ids", "sources", "templates", "key_columns", "keys_stored", "dtype")
         meta = {k: v for k, v in manifest.items() if k not in own}
         return cls(layers, manifest["request_ids"], manifest.get("sources", []), manifest.get("templates", []),
-                   meta)
+                   meta, manifest.get("key_columns", "mean"))
 
     @property
     def size(self) -> int:

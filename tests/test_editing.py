@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
-from editing.keys import compute_hs, compute_ks, layer_stats, null_space_projection
+from editing.keys import SubjectStream, compute_hs, compute_ks, layer_stats, null_space_projection
 from editing.model import load_model
 from editing.requests import EditRequest, Entity
 from editing.stage1 import compute_zs
@@ -113,9 +113,45 @@ def test_closed_form_reaches_what_it_predicts(world, preserved):
     assert left.norm() < r.norm()  # the residual shrinks
 
 
+def test_per_template_key_columns(world, preserved, tmp_path):
+    """With a key column per (fact, template), every templated prompt gets its own target,
+    its pre-edit state plus the fact's one Stage I delta, and the single-layer closed form
+    leaves exactly R (I - B K1) of it, column by column; the chain replays without keys."""
+    templates = ["{}", "a photo of {}", "an image of {}"]
+    model = fresh()
+    layer = model.default_edit_layers[-1]
+    hp = EditHParams.preset("toyworld", **FAST, layers=[layer], context_templates=templates,
+                            key_columns="per_template")
+    reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
+    sources = [r.source for r in reqs]
+
+    def per_template_h():
+        return SubjectStream(model, sources, templates, "per_template").states(out_layer=layer)[1].double()
+
+    s1 = compute_zs(model, reqs, hp, layer)
+    h_before = per_template_h()
+    torch.testing.assert_close(h_before.view(2, 3, -1).mean(1), s1.h.double(), rtol=1e-5, atol=1e-5)
+    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved.projections)
+    le = batch.layers[layer]
+    assert le.keys.shape[1] == le.r.shape[1] == le.b.shape[0] == 6
+    targets = h_before + s1.delta.double().repeat_interleave(3, 0)
+    r = (targets - h_before).T
+    torch.testing.assert_close(le.r.double(), r, rtol=1e-4, atol=1e-5)
+    left = targets.T - per_template_h().T
+    torch.testing.assert_close(left, r @ (torch.eye(6, dtype=torch.float64) - le.b.double() @ le.keys.double()),
+                               rtol=1e-3, atol=1e-4)
+    assert left.norm() < 0.5 * r.norm()
+    # saved without keys, the state is rebuilt with the same columns
+    batch.save(tmp_path / "v2", keys=False)
+    loaded = Edit.load(tmp_path / "v2")
+    assert loaded.key_columns == "per_template"
+    replayed = EditState.from_chain([loaded], fresh())
+    torch.testing.assert_close(replayed.cov[layer], EditState().after(batch).cov[layer], rtol=1e-5, atol=1e-6)
+
+
 def test_factors_equal_the_dense_update(world, preserved):
     model = fresh()
-    hp = EditHParams.preset("toyworld", **FAST)
+    hp = EditHParams.preset("toyworld", **FAST, protect_entities=False)  # P as given: Eq. 7 exactly
     reqs = [request(world, 5, "a purple square")]
     state = EditState()
     res = edit(model, reqs, state, hp=hp, preserved=preserved)
@@ -252,13 +288,13 @@ def test_hparams_presets_and_json(tmp_path):
         EditHParams.from_json({"stepz": 3})
     with pytest.raises(ValueError, match="nullspace_mode"):
         EditHParams(nullspace_mode="magic")
+    with pytest.raises(ValueError, match="key_columns"):
+        EditHParams(key_columns="median")
 
 
 def test_stage2_stream_equals_fresh_encodings_as_layers_change(world):
     """Stage II reads K1 and h off one residual stream walked up with the edit; after each
     layer is changed they must equal what a full re-encoding of the prompts gives."""
-    from editing.keys import SubjectStream
-
     model, hp = fresh(), EditHParams()  # three context templates: averages over them too
     reqs = [request(world, i, "a red circle") for i in range(4)]
     layers, last = model.default_edit_layers, model.default_edit_layers[-1]
