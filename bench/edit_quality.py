@@ -6,7 +6,7 @@ sequential batches; a fact changed twice must end at its latest target. Then eff
 generality, specificity (same-entity other relations, entity alone, unrelated) are judged
 by the shipped judge, next to the unedited model's, and FID in the judge's feature space.
 
-    python -m bench.edit_quality [--sizes 10,100,1000] [--batch 50] [--steps 200]
+    python -m bench.edit_quality [--sizes 10,100,1000] [--batch 50] [--steps 200] [--baseline-max N]
 
 Writes bench/results/edit_quality.json and prints it.
 """
@@ -17,13 +17,14 @@ import argparse
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
-from editing.model import load_model
+from editing.model import DiffusionModel, load_model
 from editing.requests import EditRequest, Entity
 from editing.state import EditState
 from toyworld.judge import ToyJudge
@@ -40,12 +41,14 @@ from validation.toyworld_eval import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# the first is the main method (the ToyWorld preset); the others are named by what they
+# take away from it. Entity protection (beyond the papers) is switched on or off explicitly.
 METHODS = {
-    "nullspace+entity": dict(),
     "nullspace+entity+protect": dict(protect_entities=True),
-    "nullspace": dict(alpha_e=0.0),
-    "emcid-alpha": dict(method="emcid"),
-    "no-nullspace": dict(nullspace_mode="none"),
+    "nullspace+entity": dict(protect_entities=False),
+    "nullspace": dict(alpha_e=0.0, protect_entities=False),
+    "emcid-alpha": dict(method="emcid", protect_entities=False),
+    "no-nullspace": dict(nullspace_mode="none", protect_entities=False),
 }
 
 
@@ -94,10 +97,27 @@ def evaluate(model, judge, world: World, current: dict[str, Visual], seeds: int)
     return score(probes, labels, seeds), images
 
 
+@dataclass
+class _Run:
+    """One method's sequential chain so far."""
+
+    hp: EditHParams
+    model: DiffusionModel
+    state: EditState = field(default_factory=EditState)
+    current: dict[str, Visual] = field(default_factory=dict)
+    done: int = 0
+    t1: float = 0.0
+    t2: float = 0.0
+    rows: dict = field(default_factory=dict)
+
+
 def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
-        seed: int = 0, model_dir: Path = DIFFUSION_DIR, out: Path | None = None, command: str = "") -> dict:
-    """Every method on the same stream; with ``out``, the results so far are written after
-    every row (a long run that is stopped keeps what it measured; ``complete`` says which)."""
+        seed: int = 0, model_dir: Path = DIFFUSION_DIR, out: Path | None = None, command: str = "",
+        baseline_max: int | None = None) -> dict:
+    """Every method on the same stream, size by size: all methods reach n edits before any
+    goes on (so a stopped run still compares them side by side). ``baseline_max``: methods
+    after the first stop at that many edits. With ``out``, the results so far are written
+    after every row (``complete`` says whether the run finished)."""
     world = World.read(DATA_DIR)
     judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
     base = load_model(model_dir)
@@ -106,31 +126,30 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
     renders = clean_renders([v for _, v in world.attribute_prompts()], fid_seeds)
     base_attr = base.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
     fid_base = fid(judge, renders, base_attr)
-    base_by_size: dict[int, dict] = {}  # every method edits the same stream: judge the base once
+    stream = edit_stream(world, max(sizes), seed)
+    runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]), load_model(model_dir))
+            for name in methods}
     results: dict = {"command": command, "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
-                                "seeds": seeds, "seed": seed}, "methods": {}}
-    for name in methods:
-        hp = EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name])
-        model = load_model(model_dir)
-        state, done, t1, t2 = EditState(), 0, 0.0, 0.0
-        current: dict[str, Visual] = {}
-        stream = edit_stream(world, max(sizes), seed)
-        per_size = {}
-        for n in sorted(sizes):
-            for batch in batches(stream[done:n], batch_size):
+                                "seeds": seeds, "seed": seed, "baseline_max": baseline_max},
+                     "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {}}
+    for n in sorted(sizes):
+        base_metrics = None  # every method edits the same stream: judge the base once per size
+        for i, (name, r) in enumerate(runs.items()):
+            if i > 0 and baseline_max is not None and n > baseline_max:
+                continue
+            for batch in batches(stream[r.done:n], batch_size):
                 reqs = requests_for(world, batch)
-                pres = preservation(base, base.default_edit_layers, world.captions(), hp, requests=reqs)
-                res = edit(model, reqs, state, hp=hp, preserved=pres)
-                state = res.state
-                t1 += res.seconds["stage1"]
-                t2 += res.seconds["stage2"]
-                current.update(dict(batch))
-            done = n
-            metrics, _ = evaluate(model, judge, world, current, seeds)
-            if n not in base_by_size:
-                base_by_size[n], _ = evaluate(base, judge, world, current, seeds)
-            base_metrics = base_by_size[n]
-            attr = model.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
+                pres = preservation(base, base.default_edit_layers, world.captions(), r.hp, requests=reqs)
+                res = edit(r.model, reqs, r.state, hp=r.hp, preserved=pres)
+                r.state = res.state
+                r.t1 += res.seconds["stage1"]
+                r.t2 += res.seconds["stage2"]
+                r.current.update(dict(batch))
+            r.done = n
+            metrics, _ = evaluate(r.model, judge, world, r.current, seeds)
+            if base_metrics is None:
+                base_metrics, _ = evaluate(base, judge, world, r.current, seeds)
+            attr = r.model.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
             fid_edit = fid(judge, renders, attr)
             row = {
                 **{k: round(v, 4) for k, v in metrics.items()},
@@ -140,12 +159,12 @@ def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list
                 "fid_to_renders_unedited": round(fid_base, 4),
                 "fid_increase": round(fid_edit / fid_base - 1, 4),
                 "fid_to_unedited_images": round(fid(judge, base_attr, attr), 4),
-                "stage1_seconds": round(t1, 1),
-                "stage2_seconds": round(t2, 1),
-                "facts_edited": len(current),
+                "stage1_seconds": round(r.t1, 1),
+                "stage2_seconds": round(r.t2, 1),
+                "facts_edited": len(r.current),
             }
-            per_size[str(n)] = row
-            results["methods"][name] = per_size
+            r.rows[str(n)] = row
+            results["methods"][name] = r.rows
             print(json.dumps({"method": name, "edits": n, **row}), flush=True)
             if out is not None:
                 out.write_text(json.dumps({**results, "complete": False}, indent=1) + "\n")
@@ -158,7 +177,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="the first is the main method")
+    ap.add_argument("--baseline-max", type=int, default=None,
+                    help="methods after the first stop at this many edits (default: every size)")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
     ap.add_argument("--model", type=Path, default=DIFFUSION_DIR, help="ToyWorld pipeline (default: shipped)")
     args = ap.parse_args()
@@ -167,11 +188,14 @@ def main() -> None:
     command = "python -m bench.edit_quality " + " ".join(
         f"--{k} {v}" for k, v in (("sizes", args.sizes), ("batch", args.batch), ("steps", args.steps),
                                  ("seeds", args.seeds), ("methods", args.methods)))
+    if args.baseline_max is not None:
+        command += f" --baseline-max {args.baseline_max}"
     if args.model != DIFFUSION_DIR:
         command += f" --model {args.model}"
     t0 = time.time()
     results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
-                  args.methods.split(","), model_dir=args.model, out=args.out, command=command)
+                  args.methods.split(","), model_dir=args.model, out=args.out, command=command,
+                  baseline_max=args.baseline_max)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
