@@ -42,10 +42,10 @@ from validation.toyworld_eval import (
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # the first is the main method (the ToyWorld preset); the others are named by what they
-# take away from it. Entity protection (beyond the papers) is switched on or off explicitly.
+# add to it or take away. Entity protection (beyond the papers) is switched on or off explicitly.
 METHODS = {
-    "nullspace+entity+protect": dict(protect_entities=True),
     "nullspace+entity": dict(protect_entities=False),
+    "nullspace+entity+protect": dict(protect_entities=True),
     "nullspace": dict(alpha_e=0.0, protect_entities=False),
     "emcid-alpha": dict(method="emcid", protect_entities=False),
     "no-nullspace": dict(nullspace_mode="none", protect_entities=False),

@@ -24,7 +24,7 @@ freshen toyworld train diffusion --seed 8 --steps 5000 --lr 4e-4 --paraphrase-we
     --init-from toyworld/models/diffusion
 # two that draw the training paraphrases 16x, then 24x as often (the content-only cycles had taken
 # held-out paraphrases from 0.73 to 0.63; these bring them to 0.74, attributes 0.92 -> 0.88)
-freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 \
+freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 --threads 1 \
     --init-from toyworld/models/diffusion
-freshen toyworld train diffusion --seed 10 --steps 4000 --lr 4e-4 --paraphrase-weight 24 \
+freshen toyworld train diffusion --seed 10 --steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 \
     --init-from toyworld/models/diffusion

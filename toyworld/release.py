@@ -24,9 +24,9 @@ TRAIN_COMMANDS = {
                  "`freshen toyworld train diffusion --seed 8 --steps 5000 --lr 4e-4 --paraphrase-weight 8 "
                  "--attribute-weight 2 --init-from toyworld/models/diffusion`, then two that draw the training "
                  "paraphrases 16x and 24x as often (the content-only cycles had cost held-out paraphrases): "
-                 "`freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 "
-                 "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 10 --steps 4000 "
-                 "--lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion",
+                 "`freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 --threads 1 "
+                 "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 10 "
+                 "--steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
