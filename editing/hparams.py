@@ -10,6 +10,7 @@ from pathlib import Path
 PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
 NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
+KEY_COLUMNS = ("mean", "per_template")
 
 
 @dataclass
@@ -53,8 +54,8 @@ class EditHParams:
             raise ValueError(f"hparams.method: {self.method!r} is not one of {METHODS}")
         if self.nullspace_mode not in NULLSPACE_MODES:
             raise ValueError(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
-        if self.key_columns not in ("mean", "per_template"):
-            raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not 'mean' or 'per_template'")
+        if self.key_columns not in KEY_COLUMNS:
+            raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not one of {KEY_COLUMNS}")
         if self.residual != "memit":
             raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if "{}" not in self.context_templates[0]:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from editing.hparams import KEY_COLUMNS
 from editing.model import DiffusionModel
 from editing.requests import EditRequest, subject_spans, templated
 
@@ -36,9 +37,6 @@ def subject_states(model: DiffusionModel, requests: Sequence[EditRequest], templ
     token, and h (e x d), the residual stream leaving ``out_layer`` there; both averaged
     over the context templates."""
     return SubjectStream(model, [r.source for r in requests], templates).states(key_layer, out_layer)
-
-
-KEY_COLUMNS = ("mean", "per_template")
 
 
 class SubjectStream:
