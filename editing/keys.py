@@ -19,8 +19,8 @@ from editing.requests import EditRequest, subject_spans, templated
 log = logging.getLogger(__name__)
 
 
-def _subject_batch(model: DiffusionModel, sources: Sequence[str],
-                   templates: list[str]) -> tuple[list[str], list[int]]:
+def subject_batch(model: DiffusionModel, sources: Sequence[str],
+                  templates: list[str]) -> tuple[list[str], list[int]]:
     """Every source in every template, and its subject's last token (the subject is the
     whole source)."""
     prompts = [p for s in sources for p in templated(s, templates)]
@@ -51,7 +51,7 @@ class SubjectStream:
                  columns: str = "mean"):
         if columns not in KEY_COLUMNS:
             raise ValueError(f"key columns {columns!r} is not one of {KEY_COLUMNS}")
-        prompts, pos = _subject_batch(model, sources, templates)
+        prompts, pos = subject_batch(model, sources, templates)
         self.stream = model.residual_stream(prompts)
         self.rows, self.idx = torch.arange(len(prompts)), torch.as_tensor(pos)
         self.shape = (len(sources), len(templates))
@@ -93,8 +93,8 @@ def compute_entity_ks(model: DiffusionModel, entities: Sequence[str], layer: int
                       templates: list[str]) -> torch.Tensor:
     """Keys (d_k x n) of every token of each entity in prompts made from it alone
     ("{entity}", "a photo of {entity}"): the directions an entity-protected edit preserves."""
-    prompts = [t.format(e) for e in entities for t in templates]
-    spans = [(t.index("{}"), t.index("{}") + len(e)) for e in entities for t in templates]
+    prompts = [p for e in entities for p in templated(e, templates)]
+    spans = [span for e in entities for span in subject_spans(e, templates)]
     toks = model.span_tokens(prompts, spans)
     keys, _ = model.capture_fc2(prompts, layer)
     return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from editing.hparams import EditHParams
-from editing.keys import compute_hs
+from editing.keys import compute_hs, subject_batch
 from editing.model import DiffusionModel
 from editing.requests import EditRequest
 
@@ -87,9 +87,8 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
     torch.manual_seed(hp.seed)
 
     # -- prompts, token positions, frozen references
-    prompts = [p for r in requests for p in r.prompts(templates)]
-    spans = [s for r in requests for s in r.subject_spans(templates)]
-    pos = torch.as_tensor(model.subject_last_token(prompts, spans))
+    prompts, pos = subject_batch(model, [r.source for r in requests], templates)
+    pos = torch.as_tensor(pos)
     owner = torch.arange(e).repeat_interleave(n_t)
     ids = model.tokenize(prompts)["input_ids"]
     h = compute_hs(model, requests, layer, templates)
