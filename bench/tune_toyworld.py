@@ -45,6 +45,17 @@ SETTINGS = [
     dict(context_templates=THREE_TEMPLATES, key_columns="per_template"),
     dict(protect_entities=True),
     dict(context_templates=THREE_TEMPLATES, key_columns="per_template", protect_entities=True),
+    # session 6: soft preservation of the batch entities' mentions in the corpus
+    dict(mention_weight=0.1),
+    dict(mention_weight=1.0),
+    dict(mention_weight=10.0),
+    dict(context_templates=THREE_TEMPLATES, key_columns="per_template", mention_weight=1.0),
+    # session 6: EMCID's lambda on ToyWorld (4000 is the published value, for SD)
+    dict(method="emcid", emcid_lambda=4000.0),
+    dict(method="emcid", emcid_lambda=400.0),
+    dict(method="emcid", emcid_lambda=40.0),
+    dict(method="emcid", emcid_lambda=4.0),
+    dict(method="emcid", emcid_lambda=0.4),
 ]
 
 

@@ -41,6 +41,7 @@ class Preservation:
 
     c0: dict[int, torch.Tensor]
     projections: dict[int, torch.Tensor]
+    captions: list[str] = field(default_factory=list)  # the corpus C0 was taken over
 
 
 def preserved_corpus(captions: Sequence[str], requests: Sequence[EditRequest]) -> list[str]:
@@ -64,7 +65,7 @@ def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[st
                      progress=progress)
     mode = hp.nullspace_mode if hp.method == "nullspace" else "none"
     return Preservation(c0, {l: null_space_projection(c0[l], mode, hp.nullspace_threshold)
-                             for l in layers})
+                             for l in layers}, list(captions))
 
 
 def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditState | None = None,
@@ -94,7 +95,7 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     s1 = compute_zs(model, requests, hp, layers[-1], progress=progress)
     t1 = time.perf_counter()
     batch = execute_stage2(model, requests, s1.z, hp, layers, state, preserved.projections,
-                           preserved.c0)
+                           preserved.c0, preserved.captions)
     t2 = time.perf_counter()
     reached = compute_hs(model, requests, layers[-1], hp.context_templates)
     # fraction of the Stage I step that the closed form delivered at the last edit layer

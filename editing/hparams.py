@@ -44,6 +44,12 @@ class EditHParams:
     exclude_sources_from_c0: bool = True  # C0 without the captions that contain a batch source
     protect_entities: bool = False  # add entity keys to the preserved set (beyond the papers)
     entity_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}"])
+    # soft preservation (beyond the papers): for one batch, the keys at the mentions of its
+    # NER entities in corpus captions that contain no batch source ("the flag of X" while
+    # "the logo of X" changes) join Kp Kp^T with this weight; at most mention_max captions
+    # per entity. 0 = off
+    mention_weight: float = 0.0
+    mention_max: int = 64
     emcid_lambda: float = 4000.0
     emcid_alpha: float = 0.5
 
@@ -58,6 +64,8 @@ class EditHParams:
             raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not one of {KEY_COLUMNS}")
         if self.residual != "memit":
             raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
+        if self.mention_weight < 0 or self.mention_max < 0:
+            raise ValueError("hparams.mention_weight and hparams.mention_max must be >= 0")
         if "{}" not in self.context_templates[0]:
             raise ValueError("hparams.context_templates: every template needs a '{}' slot")
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from editing.hparams import KEY_COLUMNS
 from editing.model import DiffusionModel
-from editing.requests import EditRequest, subject_spans, templated
+from editing.requests import EditRequest, normalise, subject_spans, templated
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,43 @@ def compute_hs(model: DiffusionModel, requests: Sequence[EditRequest], layer: in
 
 
 @torch.no_grad()
+def span_keys(model: DiffusionModel, prompts: Sequence[str], spans: Sequence[tuple[int, int]],
+              layer: int) -> torch.Tensor:
+    """Keys (d_k x n) of ``layer``'s fc2 at every token of each prompt's character span."""
+    toks = model.span_tokens(prompts, spans)
+    keys, _ = model.capture_fc2(prompts, layer)
+    return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T
+
+
 def compute_entity_ks(model: DiffusionModel, entities: Sequence[str], layer: int,
                       templates: list[str]) -> torch.Tensor:
     """Keys (d_k x n) of every token of each entity in prompts made from it alone
     ("{entity}", "a photo of {entity}"): the directions an entity-protected edit preserves."""
     prompts = [p for e in entities for p in templated(e, templates)]
     spans = [span for e in entities for span in subject_spans(e, templates)]
-    toks = model.span_tokens(prompts, spans)
-    keys, _ = model.capture_fc2(prompts, layer)
-    return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T
+    return span_keys(model, prompts, spans, layer)
+
+
+def entity_mentions(captions: Sequence[str], entities: Sequence[str], sources: Sequence[str],
+                    per_entity: int) -> tuple[list[str], list[tuple[int, int]]]:
+    """Captions of the corpus that mention one of ``entities`` and contain none of
+    ``sources`` (case and spacing ignored), with the first mention's character span; at most
+    ``per_entity`` per entity, in corpus order. What soft preservation holds still: the
+    entity as the rest of the corpus uses it ("the flag of X" while "the logo of X" changes)."""
+    srcs = [normalise(s) for s in sources]
+    prompts, spans = [], []
+    for entity in dict.fromkeys(entities):
+        taken = 0
+        for c in captions:
+            if taken == per_entity:
+                break
+            at = c.find(entity)
+            if at < 0 or any(s in normalise(c) for s in srcs):
+                continue
+            prompts.append(c)
+            spans.append((at, at + len(entity)))
+            taken += 1
+    return prompts, spans
 
 
 def corpus_hash(captions: Sequence[str]) -> str:

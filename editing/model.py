@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from toyworld.pipeline import first_eos
+
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
 
 
@@ -169,7 +171,7 @@ class DiffusionModel:
             input_ids = self.tokenize(prompts, pad_to_max=pad_to_max)["input_ids"]
         input_ids = input_ids.to(self.device)
         out = self.text_encoder(input_ids)
-        eos = (input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
+        eos = first_eos(input_ids, self.tokenizer.eos_token_id)
         return Encoding(out.last_hidden_state, out.pooler_output, input_ids, eos)
 
     @contextmanager

@@ -10,6 +10,9 @@ For each edit layer l, ascending (i = 0..m-1):
   4. Delta = R K1^T P (Kp Kp^T P + K1 K1^T P + beta I)^-1, as R times
      B = K1^T P A^-1, found by a float64 linear solve of A^T B^T = P K1 (P symmetric);
   5. W_l += Delta.
+Kp Kp^T is the state's, less the earlier keys of facts this batch changes again
+(``EditState.kp``), plus, with ``hp.mention_weight``, the keys at the batch entities'
+mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
 """
 
@@ -20,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import SubjectStream, compute_entity_ks
+from editing.keys import SubjectStream, compute_entity_ks, entity_mentions, span_keys
 from editing.model import DiffusionModel
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
@@ -52,12 +55,16 @@ def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: tor
 def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: torch.Tensor,
                    hp: EditHParams, layers: list[int], state: EditState,
                    projections: dict[int, torch.Tensor] | None = None,
-                   c0: dict[int, torch.Tensor] | None = None) -> Edit:
-    """Apply the batch to ``model`` in place, layer by layer; return its factors."""
+                   c0: dict[int, torch.Tensor] | None = None, captions: Sequence[str] = ()) -> Edit:
+    """Apply the batch to ``model`` in place, layer by layer; return its factors.
+    ``captions``: the corpus that soft preservation draws mentions from."""
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
+    sources = [r.source for r in requests]
+    mentions = (entity_mentions(captions, entities, sources, hp.mention_max)
+                if hp.mention_weight > 0 and hp.method == "nullspace" else ([], []))
     out: dict[int, LayerEdit] = {}
-    subjects = SubjectStream(model, [r.source for r in requests], templates, hp.key_columns)
+    subjects = SubjectStream(model, sources, templates, hp.key_columns)
     targets = zs.double()
     for i, layer in enumerate(layers):
         k1, cur = subjects.states(key_layer=layer, out_layer=last)
@@ -74,7 +81,11 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             p = projections[layer]
             if hp.protect_entities and entities:
                 p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
-        b = right_factor(hp, k1, state.kp(layer, k1.shape[0]), p, None if c0 is None else c0.get(layer))
+        kp = state.kp(layer, k1.shape[0], replacing=sources)
+        if mentions[0]:  # keys on the model as it is now: the layers below already edited
+            km = span_keys(model, *mentions, layer).double()
+            kp = kp + hp.mention_weight * km @ km.T
+        b = right_factor(hp, k1, kp, p, None if c0 is None else c0.get(layer))
         # applied exactly as stored (float32 factors): a version loaded from its factors is
         # then bit-for-bit the model edited here
         r, b = r.float(), b.float()
@@ -83,5 +94,5 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())
-    return Edit(out, [r.id for r in requests], sources=[r.source for r in requests], templates=templates,
+    return Edit(out, [r.id for r in requests], sources=sources, templates=templates,
                 key_columns=hp.key_columns)

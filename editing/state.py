@@ -7,11 +7,18 @@ Kp Kp^T = sum over the chain of K1 K1^T of every batch, each K1 taken on the mod
 after its batch. A batch's keys are either stored with its factors or, to keep a
 version small (issue 3's storage target), recomputed from its sources when the chain is
 replayed on the base model: the same forward pass that made them, on the same weights.
+
+A fact changed again (same source, case and spacing ignored) is no longer held at its
+earlier target: its earlier key columns leave Kp Kp^T when the new batch is solved and
+when it lands, so the preserved set holds each source's latest key only (beyond the
+papers, whose sequential setting never revisits a fact; issue 3: "a fact changed twice
+must end at its latest target").
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editing.model import DiffusionModel
+from editing.requests import normalise
 
 EDIT_FILE = "edit.safetensors"
 EDIT_MANIFEST = "edit.json"
@@ -104,26 +112,45 @@ class Edit:
 
 @dataclass
 class EditState:
-    """Per layer, the running Kp Kp^T (float64) of every earlier batch's keys."""
+    """Per layer, the running Kp Kp^T (float64) of every earlier batch's keys, and each
+    source's latest key columns (what a new change of that source takes back out)."""
 
     cov: dict[int, torch.Tensor] = field(default_factory=dict)
     n_edits: int = 0
+    by_source: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # layer -> (d_k, c)
 
-    def kp(self, layer: int, d_k: int) -> torch.Tensor:
-        return self.cov.get(layer, torch.zeros(d_k, d_k, dtype=torch.float64))
+    def kp(self, layer: int, d_k: int, replacing: Sequence[str] = ()) -> torch.Tensor:
+        """Kp Kp^T at ``layer``, less the earlier keys of the sources in ``replacing``."""
+        cov = self.cov.get(layer, torch.zeros(d_k, d_k, dtype=torch.float64))
+        for source in dict.fromkeys(normalise(s) for s in replacing):
+            k = self.by_source.get(source, {}).get(layer)
+            if k is not None:
+                k = k.double()
+                cov = cov - k @ k.T
+        return cov
 
     def after(self, edit: Edit, model: DiffusionModel | None = None) -> EditState:
-        """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5). An edit saved
-        without its keys needs ``model``, with the chain up to this edit applied."""
+        """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5): its keys join
+        Kp Kp^T and replace those of its sources' earlier changes. An edit saved without
+        its keys needs ``model``, with the chain up to this edit applied."""
         if not edit.has_keys:
             if model is None:
                 raise ValueError("this edit was stored without its keys: pass the model it was applied to")
             edit.recompute_keys(model)
-        cov = dict(self.cov)
+        tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
+        cov, by_source = dict(self.cov), dict(self.by_source)
+        new: dict[str, dict[int, torch.Tensor]] = {}
         for layer, le in edit.layers.items():
             k = le.keys.double()
-            cov[layer] = self.kp(layer, k.shape[0]) + k @ k.T
-        return EditState(cov, self.n_edits + edit.size)
+            cov[layer] = self.kp(layer, k.shape[0], edit.sources if tracked else ()) + k @ k.T
+            if tracked:
+                per = le.keys.shape[1] // edit.size  # columns per request (templates with per_template)
+                for i, source in enumerate(edit.sources):
+                    cols = le.keys[:, i * per:(i + 1) * per].float()
+                    mine = new.setdefault(normalise(source), {})
+                    mine[layer] = cols if layer not in mine else torch.cat([mine[layer], cols], 1)
+        by_source.update(new)
+        return EditState(cov, self.n_edits + edit.size, by_source)
 
     @classmethod
     def from_chain(cls, edits: list[Edit], base: DiffusionModel | None = None) -> EditState:

@@ -195,7 +195,6 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
 
     from editing.api import preservation
     from editing.hparams import EditHParams
-    from editing.model import load_model
     from editing.stage2 import execute_stage2
 
     batch = Batch.read(batch_dir)
@@ -221,17 +220,19 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
                 zs.append(fh.get_tensor("z"))
                 diag.append({"key": f["key"], **json.loads(fh.metadata()["losses"])})
         t0 = time.time()
-        model = reg.load(batch.parent)
+        model = reg.base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
         layers = hp.layers if hp.layers is not None else model.default_edit_layers
         base = reg.version(batch.parent).manifest["base"]
         captions = _captions(settings, base["kind"])
         requests = _requests(batch.facts)
-        # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached)
-        kept = preservation(load_model(base["ref"]), layers, captions, hp, settings.home / "cache", base["hash"],
+        # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached);
+        # then the parent's chain is replayed on the same copy, which becomes the parent
+        kept = preservation(model, layers, captions, hp, settings.home / "cache", base["hash"],
                             requests=requests)
-        edit = execute_stage2(model, requests, torch.stack(zs), hp, layers,
-                              reg.edit_state(batch.parent), kept.projections, kept.c0)
+        state = reg.edit_state(batch.parent, base=model)
+        edit = execute_stage2(model, requests, torch.stack(zs), hp, layers, state, kept.projections,
+                              kept.c0, kept.captions)
         edit.meta |= {"hparams": batch.hparams, "base_hash": base["hash"]}
         version = reg.register_batch(batch.parent, edit, batch.facts, batch.hparams, batch.key, by=by,
                                      extra={"stage1": diag, "stage2_seconds": round(time.time() - t0, 2)})

@@ -221,13 +221,20 @@ class Registry:
             self._models[number] = materialise(self.version(number).manifest, self.cache_dir, verify_base)
         return copy.deepcopy(self._models[number])
 
-    def edit_state(self, number: int) -> EditState:
+    def base_model(self, number: int) -> DiffusionModel:
+        """The unedited base model of a version, checked against its recorded hash."""
+        return load_base(self.version(number).manifest)
+
+    def edit_state(self, number: int, base: DiffusionModel | None = None) -> EditState:
         """The sequential state a batch on top of ``number`` starts from (Kp Kp^T per layer).
         Versions store no keys (``upload_batch``): the chain is replayed on the base model and
-        each batch's keys recomputed right after it, one forward pass per batch."""
+        each batch's keys recomputed right after it, one forward pass per batch. Given
+        ``base`` (from ``base_model``), the chain is replayed on it, which then *is* the
+        version's model: one load serves C0, the state and the edit."""
         manifest = self.version(number).manifest
         edits = chain_edits(manifest, self.cache_dir)
-        base = None if all(e.has_keys for e in edits) else load_base(manifest)
+        if base is None and not all(e.has_keys for e in edits):
+            base = load_base(manifest)
         return EditState.from_chain(edits, base)
 
     # -- writing -----------------------------------------------------------------

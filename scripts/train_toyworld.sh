@@ -28,3 +28,7 @@ freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-we
     --init-from toyworld/models/diffusion
 freshen toyworld train diffusion --seed 10 --steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 \
     --init-from toyworld/models/diffusion
+# a short, gentle one drawing attribute prompts 3x as often (the paraphrase cycles had taken
+# attributes to 0.88; this brings them to 0.92, held-out paraphrases 0.74 -> 0.71)
+freshen toyworld train diffusion --seed 11 --steps 2500 --lr 2e-4 --paraphrase-weight 16 --attribute-weight 3 \
+    --threads 2 --init-from toyworld/models/diffusion

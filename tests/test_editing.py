@@ -6,9 +6,9 @@ from safetensors.torch import load_file
 
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
-from editing.keys import SubjectStream, compute_hs, compute_ks, layer_stats, null_space_projection
+from editing.keys import SubjectStream, compute_hs, compute_ks, entity_mentions, layer_stats, null_space_projection
 from editing.model import load_model
-from editing.requests import EditRequest, Entity
+from editing.requests import EditRequest, Entity, normalise
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
 from editing.state import Edit, EditState
@@ -226,6 +226,33 @@ def test_second_batch_keeps_the_first(world, preserved):
     assert with_state < 0.5 * without_state, (float(with_state), float(without_state))
 
 
+def test_a_fact_changed_again_replaces_its_earlier_keys(world, preserved):
+    """A second change of the same source is solved and lands without the first change's
+    keys in Kp Kp^T: the state then holds each source's latest keys only, and the closed
+    form reaches the new target as far as a first change does (with the old keys kept in
+    Kp, Eq. 7 would hold the fact at its earlier target)."""
+    hp = EditHParams.preset("toyworld", **FAST)
+    model = fresh()
+    layers = model.default_edit_layers
+    first = [request(world, 2, "a yellow ring"), request(world, 5, "a red cross")]
+    r1 = edit(model, first, hp=hp, preserved=preserved)
+    again = [EditRequest("fact-2-again", first[0].source.upper(), "a blue square")]  # same source, other case
+    r2 = edit(model, again, r1.state, hp=hp, preserved=preserved)
+    k5 = {l: r1.edit.layers[l].keys[:, 1:2].double() for l in layers}
+    for layer in layers:
+        k_new = r2.edit.layers[layer].keys.double()
+        torch.testing.assert_close(r2.state.cov[layer], k5[layer] @ k5[layer].T + k_new @ k_new.T)
+    assert r2.state.n_edits == 3 and set(r2.state.by_source) == {normalise(r.source) for r in first}
+    # the same second change on a state that keeps the first change's keys
+    kept = EditState({l: r1.state.kp(l, 0) for l in layers}, r1.state.n_edits)  # no by_source: nothing replaced
+    model_kept = fresh()
+    edit(model_kept, first, hp=hp, preserved=preserved)
+    r2_kept = edit(model_kept, again, kept, hp=hp, preserved=preserved)
+    reached, reached_kept = r2.diagnostics[0]["reached"], r2_kept.diagnostics[0]["reached"]
+    # measured on the shipped model: 0.98 replacing, 0.70 keeping the earlier keys
+    assert reached > 0.9 and reached > reached_kept + 0.1, (reached, reached_kept)
+
+
 def test_same_seed_same_edit(world, preserved):
     hp = EditHParams.preset("toyworld", **FAST)
     reqs = [request(world, 4, "a purple triangle")]
@@ -251,6 +278,28 @@ def test_entity_protection_keeps_the_entity_closer(world, preserved):
         return float((model.encode(entity_prompts).hidden - ref).norm())
 
     assert moved(True) < moved(False)
+
+
+def test_soft_preservation_holds_the_entity_mentions(world, preserved):
+    """With ``mention_weight``, the corpus captions that mention a batch entity (and contain
+    no batch source) keep their states at the mention better than without it."""
+    reqs = [request(world, i, "a white cross") for i in (0, 3, 6)]
+    entities = [r.entities[0].text for r in reqs]
+    prompts, spans = entity_mentions(world.captions(), entities, [r.source for r in reqs], 8)
+    assert prompts and not any(r.source in p for r in reqs for p in prompts)
+    assert all(p[a:b] in entities for p, (a, b) in zip(prompts, spans, strict=True))
+    base = fresh()
+    toks = base.span_tokens(prompts, spans)
+    ref = base.encode(prompts).hidden
+
+    def moved(weight: float) -> float:
+        model = fresh()
+        hp = EditHParams.preset("toyworld", **FAST, mention_weight=weight)
+        edit(model, reqs, hp=hp, preserved=preserved)
+        h = model.encode(prompts).hidden
+        return float(sum((h[i, t] - ref[i, t]).norm() for i, t in enumerate(toks)))
+
+    assert moved(1.0) < 0.8 * moved(0.0)
 
 
 def test_keys_are_template_averages(world, toy_model):

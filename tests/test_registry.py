@@ -61,7 +61,8 @@ def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
     reqs = refresh._requests(batch.facts)
     pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs)
     zs = torch.stack([load_file(batch.z_path(i))["z"] for i in range(len(batch.facts))])
-    e = execute_stage2(model, reqs, zs, hp, model.default_edit_layers, state, pres.projections, pres.c0)
+    e = execute_stage2(model, reqs, zs, hp, model.default_edit_layers, state, pres.projections, pres.c0,
+                       pres.captions)
     return e, state.after(e)
 
 

@@ -58,9 +58,14 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2) / 127.5 - 1
 
 
+def first_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(n,) position of each row's first [EOS] (CLIP pads with [EOS] too, so the first)."""
+    return (input_ids == eos_token_id).int().argmax(dim=1)
+
+
 def content_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """(n, L) long mask: 1 for the tokens before each row's first [EOS] ([BOS] and words)."""
-    eos_at = (input_ids == eos_token_id).int().argmax(dim=1)
+    eos_at = first_eos(input_ids, eos_token_id)
     return (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < eos_at[:, None]).long()
 
 

@@ -26,7 +26,10 @@ TRAIN_COMMANDS = {
                  "paraphrases 16x and 24x as often (the content-only cycles had cost held-out paraphrases): "
                  "`freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 --threads 1 "
                  "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 10 "
-                 "--steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion",
+                 "--steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion`, "
+                 "then a short, gentle one drawing attribute prompts 3x as often (the paraphrase cycles had cost "
+                 "attributes): `freshen toyworld train diffusion --seed 11 --steps 2500 --lr 2e-4 "
+                 "--paraphrase-weight 16 --attribute-weight 3 --threads 2 --init-from toyworld/models/diffusion",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
