@@ -56,6 +56,8 @@ SETTINGS = [
     dict(method="emcid", emcid_lambda=40.0),
     dict(method="emcid", emcid_lambda=4.0),
     dict(method="emcid", emcid_lambda=0.4),
+    dict(mention_weight=0.01),
+    dict(mention_weight=0.03),
 ]
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from freshen.config import PROJECT_DIR, Settings
+from freshen.errors import FreshenError
 
 DAG_ID = "knowledge_refresh"
 
@@ -60,5 +61,5 @@ def run_dag(settings: Settings, conf: dict | None = None):
 
     bag = DagBag(dag_folder=str(PROJECT_DIR / "dags"))
     if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        raise FreshenError(f"DAG import errors: {bag.import_errors}")
     return bag.dags[DAG_ID].test(run_conf=conf or {})

@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = DEFAULT_SEED if args.seed is None else args.seed
         args.out = (args.out or paths.DATA_DIR).resolve()
     from editing.model import ModelLoadError
+    from freshen.errors import FreshenError
     from registry.versions import RegistryError
 
     try:
         return args.func(args)
-    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError, RuntimeError) as exc:
+    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError, FreshenError) as exc:
         print(f"freshen: error: {exc}", file=sys.stderr)
         return 2
 

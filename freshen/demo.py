@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from freshen.config import PROJECT_DIR, Settings
+from freshen.errors import FreshenError
 
 SAMPLES = PROJECT_DIR / "feeds" / "samples"
 
@@ -50,7 +51,7 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
     states = {f"{ti.task_id}" + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
               for ti in run.get_task_instances()}
     if str(run.state) != "success":
-        raise RuntimeError(f"the refresh DAG run {run.run_id} ended {run.state}: {states}; "
+        raise FreshenError(f"the refresh DAG run {run.run_id} ended {run.state}: {states}; "
                            f"task logs under {env['AIRFLOW_HOME']}/logs")
     reg = settings.open_registry()
     champion = reg.champion()

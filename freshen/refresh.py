@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from freshen.config import Settings
+from freshen.errors import FreshenError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     key = batch_key(parent, base["hash"], facts, hp.to_json())
     done = reg.find_batch(key)
     if done is not None and reg.version(done).gate == "rejected":
-        raise RuntimeError(
+        raise FreshenError(
             f"this exact batch ({len(facts)} changes on v{parent}, same hyperparameters) was edited into "
             f"v{done} and rejected by the gate ({reg.version(done).tags.get('freshen.gate_reasons')}); the same "
             "edit would come out again: change the batch (approve other changes, or set FRESHEN_HPARAMS)")
@@ -207,13 +208,13 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
         return existing
     not_approved = [f["key"] for f in batch.facts if ledger.change(f["key"]).status != "approved"]
     if not_approved:
-        raise RuntimeError(f"stage2: {not_approved} are no longer approved (decided again since the batch "
+        raise FreshenError(f"stage2: {not_approved} are no longer approved (decided again since the batch "
                            "was planned); plan a new batch")
     orphan = reg.orphan_run(batch.key)
     if orphan is None:
         missing = [f["key"] for i, f in enumerate(batch.facts) if not batch.z_path(i).is_file()]
         if missing:
-            raise RuntimeError(f"stage2: Stage I results missing for {missing} in {batch.dir}; run stage1 first")
+            raise FreshenError(f"stage2: Stage I results missing for {missing} in {batch.dir}; run stage1 first")
         zs, diag = [], []
         for i, f in enumerate(batch.facts):
             with safe_open(batch.z_path(i), "pt") as fh:

@@ -151,7 +151,7 @@ def test_per_template_key_columns(world, preserved, tmp_path):
 
 def test_factors_equal_the_dense_update(world, preserved):
     model = fresh()
-    hp = EditHParams.preset("toyworld", **FAST, protect_entities=False)  # P as given: Eq. 7 exactly
+    hp = EditHParams.preset("toyworld", **FAST, protect_entities=False, mention_weight=0.0)  # Eq. 7 exactly
     reqs = [request(world, 5, "a purple square")]
     state = EditState()
     res = edit(model, reqs, state, hp=hp, preserved=preserved)

@@ -26,6 +26,7 @@ from feeds.ledger import Ledger
 from feeds.ner import NerTagger
 from freshen import refresh
 from freshen.config import Settings
+from freshen.errors import FreshenError
 from registry.audit import audit_export, audit_fact, audit_version
 from registry.versions import BaseMismatch, Registry, RegistryError
 from toyworld.paths import DIFFUSION_DIR
@@ -190,7 +191,7 @@ def test_the_same_rejected_batch_is_not_edited_again(home):
     s = settings(home, gate="default", nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)
     ledger = Ledger(s.ledger)
     ledger.decide([f"bad:h{i}" for i in range(6)], "approved", by="bob")  # re-approved after the gate
-    with pytest.raises(RuntimeError, match="rejected by the gate"):
+    with pytest.raises(FreshenError, match="rejected by the gate"):
         refresh.plan_batch(s)
 
 
