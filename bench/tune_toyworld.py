@@ -99,15 +99,19 @@ def main() -> None:
         t0 = time.time()
         res = edit(model, reqs, hp=hp, preserved=pres)
         metrics, _ = evaluate(model, judge, world, current, args.seeds)
-        row = {**setting, **{k: round(v, 3) for k, v in metrics.items()},
+        row = {"index": i, **setting, **{k: round(v, 3) for k, v in metrics.items()},
                "corpus_change": round(corpus_change(model, base, world, model.default_edit_layers), 4),
                "reached": round(sum(d["reached"] for d in res.diagnostics) / len(reqs), 3),
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     base_metrics, _ = evaluate(base, judge, world, current, args.seeds)
-    out = {"command": f"python -m bench.tune_toyworld --facts {args.facts} --steps {args.steps} "
-                      f"--seeds {args.seeds} --model {args.model}",
+    command = f"python -m bench.tune_toyworld --facts {args.facts} --steps {args.steps} --seeds {args.seeds}"
+    if args.only is not None:
+        command += " --only " + " ".join(map(str, args.only))
+    if args.model != DIFFUSION_DIR:
+        command += f" --model {args.model}"
+    out = {"command": command,
            "unedited": {k: round(v, 3) for k, v in base_metrics.items()}, "settings": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
