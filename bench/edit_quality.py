@@ -41,9 +41,9 @@ from validation.toyworld_eval import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# the first is the main method (the ToyWorld preset); the others are named by what they
-# add to it or take away. Entity protection (beyond the papers) is switched on or off explicitly.
-METHODS = {  # overrides of the ToyWorld preset; the first is the main method (the preset itself)
+# overrides of the ToyWorld preset, named by what they add to it or take away; the first
+# is the main method (the preset itself)
+METHODS = {
     "nullspace+entity": {},  # the papers' method as ALGORITHMS.md gives it
     "nullspace+entity+mentions": dict(mention_weight=0.03),
     "nullspace+entity+protect": dict(protect_entities=True),

@@ -18,7 +18,7 @@ import torch
 from editing.hparams import EditHParams
 from editing.keys import compute_hs, layer_stats, null_space_projection
 from editing.model import DiffusionModel
-from editing.requests import EditRequest, normalise
+from editing.requests import EditRequest, without_sources
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
 from editing.state import Edit, EditState
@@ -49,8 +49,7 @@ def preserved_corpus(captions: Sequence[str], requests: Sequence[EditRequest]) -
     ignored). Beyond the papers: their C0 comes from 100k generic captions where an edited
     prompt is one of many; in a small closed world (ToyWorld) the corpus *is* the facts, and
     keeping the edited prompts in C0 puts the very keys to change into the preserved span."""
-    sources = [normalise(r.source) for r in requests]
-    return [c for c in captions if not any(s in normalise(c) for s in sources)]
+    return without_sources(captions, [r.source for r in requests])
 
 
 def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[str],

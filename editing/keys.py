@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from editing.hparams import KEY_COLUMNS
 from editing.model import DiffusionModel
-from editing.requests import EditRequest, normalise, subject_spans, templated
+from editing.requests import EditRequest, subject_spans, templated, without_sources
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +112,31 @@ def entity_mentions(captions: Sequence[str], entities: Sequence[str], sources: S
     ``sources`` (case and spacing ignored), with the first mention's character span; at most
     ``per_entity`` per entity, in corpus order. What soft preservation holds still: the
     entity as the rest of the corpus uses it ("the flag of X" while "the logo of X" changes)."""
-    srcs = [normalise(s) for s in sources]
+    kept = without_sources(captions, sources)
     prompts, spans = [], []
     for entity in dict.fromkeys(entities):
-        taken = 0
-        for c in captions:
-            if taken == per_entity:
-                break
-            at = c.find(entity)
-            if at < 0 or any(s in normalise(c) for s in srcs):
-                continue
-            prompts.append(c)
-            spans.append((at, at + len(entity)))
-            taken += 1
+        found = [(c, c.find(entity)) for c in kept if entity in c][:per_entity]
+        prompts += [c for c, _ in found]
+        spans += [(at, at + len(entity)) for _, at in found]
     return prompts, spans
+
+
+class SpanStream:
+    """Keys at every token of each prompt's character span, at ascending layers, read off
+    one ``ResidualStream`` that moves up with the edit (as ``SubjectStream``)."""
+
+    def __init__(self, model: DiffusionModel, prompts: Sequence[str], spans: Sequence[tuple[int, int]]):
+        toks = model.span_tokens(prompts, spans)
+        self.rows = torch.as_tensor([i for i, t in enumerate(toks) for _ in t])
+        self.idx = torch.as_tensor([j for t in toks for j in t])
+        self.stream = model.residual_stream(prompts)
+
+    @torch.no_grad()
+    def keys(self, layer: int) -> torch.Tensor:
+        """(d_k x n) at ``layer`` on the model as it is now; layers below must not change after."""
+        self.stream.advance_to(layer)
+        keys, _ = self.stream.run(layer, layer)
+        return keys[self.rows, self.idx].T
 
 
 def corpus_hash(captions: Sequence[str]) -> str:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
 def normalise(text: str) -> str:
     """Case and spacing ignored: how sources are compared (ledger conflicts, corpus filters)."""
     return " ".join(text.lower().split())
+
+
+def without_sources(captions: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """The captions that contain none of ``sources`` (case and spacing ignored)."""
+    srcs = [normalise(s) for s in sources]
+    return [c for c in captions if not any(s in normalise(c) for s in srcs)]
 
 
 def templated(source: str, templates: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import SubjectStream, compute_entity_ks, entity_mentions, span_keys
+from editing.keys import SpanStream, SubjectStream, compute_entity_ks, entity_mentions
 from editing.model import DiffusionModel
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
@@ -61,8 +61,10 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
     sources = [r.source for r in requests]
-    mentions = (entity_mentions(captions, entities, sources, hp.mention_max)
-                if hp.mention_weight > 0 and hp.method == "nullspace" else ([], []))
+    mentions = None
+    if hp.mention_weight > 0 and hp.method == "nullspace":
+        found = entity_mentions(captions, entities, sources, hp.mention_max)
+        mentions = SpanStream(model, *found) if found[0] else None
     out: dict[int, LayerEdit] = {}
     subjects = SubjectStream(model, sources, templates, hp.key_columns)
     targets = zs.double()
@@ -82,8 +84,8 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             if hp.protect_entities and entities:
                 p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
         kp = state.kp(layer, k1.shape[0], replacing=sources)
-        if mentions[0]:  # keys on the model as it is now: the layers below already edited
-            km = span_keys(model, *mentions, layer).double()
+        if mentions is not None:  # keys on the model as it is now: the layers below already edited
+            km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
         b = right_factor(hp, k1, kp, p, None if c0 is None else c0.get(layer))
         # applied exactly as stored (float32 factors): a version loaded from its factors is
