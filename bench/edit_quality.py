@@ -50,6 +50,10 @@ METHODS = {
     "nullspace": dict(alpha_e=0.0),
     "emcid-alpha": dict(method="emcid"),
     "no-nullspace": dict(nullspace_mode="none"),
+    # session 7: EMCID's C0 term inside Eq. 7 (c0_weight 40 = EMCID's lambda (1-alpha)/alpha);
+    # with P = I and beta 0 it is EMCID's closed form with the memory Kp Kp^T of earlier batches
+    "nullspace+entity+c0": dict(c0_weight=40.0),
+    "emcid-alpha+memory": dict(nullspace_mode="none", c0_weight=40.0, beta=0.0),
 }
 
 

@@ -58,6 +58,11 @@ SETTINGS = [
     dict(method="emcid", emcid_lambda=0.4),
     dict(mention_weight=0.01),
     dict(mention_weight=0.03),
+    # session 7: EMCID's C0 term inside the null-space solve (and with P = I: EMCID + memory)
+    dict(c0_weight=40.0),
+    dict(c0_weight=400.0),
+    dict(c0_weight=4000.0),
+    dict(nullspace_mode="none", c0_weight=40.0),
 ]
 
 

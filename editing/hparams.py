@@ -50,6 +50,10 @@ class EditHParams:
     # per entity. 0 = off
     mention_weight: float = 0.0
     mention_max: int = 64
+    # EMCID's C0 term inside the null-space solve (beyond the papers): c0_weight * C0 joins
+    # Kp Kp^T, so the corpus keys that the relative cut leaves in P's range are held too,
+    # in proportion to their energy. 0 = Eq. 7 as published
+    c0_weight: float = 0.0
     emcid_lambda: float = 4000.0
     emcid_alpha: float = 0.5
 
@@ -66,6 +70,8 @@ class EditHParams:
             raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:
             raise ValueError("hparams.mention_weight and hparams.mention_max must be >= 0")
+        if self.c0_weight < 0:
+            raise ValueError("hparams.c0_weight must be >= 0")
         if "{}" not in self.context_templates[0]:
             raise ValueError("hparams.context_templates: every template needs a '{}' slot")
 

@@ -12,7 +12,9 @@ For each edit layer l, ascending (i = 0..m-1):
   5. W_l += Delta.
 Kp Kp^T is the state's, less the earlier keys of facts this batch changes again
 (``EditState.kp``), plus, with ``hp.mention_weight``, the keys at the batch entities'
-mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers).
+mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers),
+plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
+papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
 """
 
@@ -87,6 +89,10 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         if mentions is not None:  # keys on the model as it is now: the layers below already edited
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
+        if hp.method == "nullspace" and hp.c0_weight > 0:
+            if c0 is None:
+                raise ValueError("hparams.c0_weight > 0 needs C0: pass c0= to execute_stage2")
+            kp = kp + hp.c0_weight * c0[layer]
         b = right_factor(hp, k1, kp, p, None if c0 is None else c0.get(layer))
         # applied exactly as stored (float32 factors): a version loaded from its factors is
         # then bit-for-bit the model edited here

@@ -302,6 +302,29 @@ def test_soft_preservation_holds_the_entity_mentions(world, preserved):
     assert moved(1.0) < 0.8 * moved(0.0)
 
 
+def test_c0_weight_holds_the_corpus_inside_the_null_space(world, preserved, corpus_keys):
+    """With ``c0_weight``, C0 joins Kp Kp^T in Eq. 7: the update still lives in P's range
+    (Delta (I - P) = 0) and moves the corpus keys' fc2 outputs less than without it."""
+    reqs = [request(world, i, "a white cross") for i in (0, 3, 6)]
+
+    def run(weight: float):
+        model = fresh()
+        before = {l: model.fc2(l).weight.detach().double().clone() for l in model.default_edit_layers}
+        edit(model, reqs, hp=EditHParams.preset("toyworld", **FAST, c0_weight=weight), preserved=preserved)
+        deltas = {l: model.fc2(l).weight.double() - before[l] for l in before}
+        return deltas, sum(float((corpus_keys[l] @ d.T).norm() / (corpus_keys[l] @ before[l].T).norm())
+                           for l, d in deltas.items())
+
+    deltas, held = run(400.0)
+    for layer, d in deltas.items():
+        p = preserved.projections[layer]
+        assert (d @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-6 * d.norm()
+    _, plain = run(0.0)
+    assert held < 0.8 * plain, (held, plain)
+    with pytest.raises(ValueError, match="c0_weight"):
+        EditHParams(c0_weight=-1.0)
+
+
 def test_keys_are_template_averages(world, toy_model):
     hp = EditHParams()
     r = request(world, 0, "a red circle")
