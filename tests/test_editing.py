@@ -27,6 +27,13 @@ def request(world, i: int, target: str, with_entity: bool = True) -> EditRequest
     return EditRequest(f"fact-{i}", f.prompt, target, entities=ents)
 
 
+def assert_inside_null_space(deltas: dict, projections: dict) -> None:
+    """The update acts only inside the null space: Delta (I - P) = 0 at every layer."""
+    for layer, d in deltas.items():
+        p = projections[layer]
+        assert (d @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-6 * d.norm(), layer
+
+
 @pytest.fixture(scope="module")
 def preserved(world, toy_model):
     hp = EditHParams.preset("toyworld", **FAST)
@@ -80,10 +87,7 @@ def test_nullspace_edit_leaves_preserved_keys_alone(world, preserved, corpus_key
         return deltas, change, res.diagnostics
 
     deltas, projected, diagnostics = run(EditHParams.preset("toyworld", **FAST), preserved)
-    for layer, d in deltas.items():
-        # the update acts only inside the null space: Delta (I - P) = 0
-        p = preserved.projections[layer]
-        assert (d @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-6 * d.norm()
+    assert_inside_null_space(deltas, preserved.projections)
     hp_plain = EditHParams.preset("toyworld", **FAST, nullspace_mode="none")
     _, plain, _ = run(hp_plain, preservation(fresh(), fresh().default_edit_layers, world.captions(), hp_plain))
     # the same edit without the projection (P = I) moves preserved outputs far more
@@ -316,9 +320,7 @@ def test_c0_weight_holds_the_corpus_inside_the_null_space(world, preserved, corp
                            for l, d in deltas.items())
 
     deltas, held = run(400.0)
-    for layer, d in deltas.items():
-        p = preserved.projections[layer]
-        assert (d @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-6 * d.norm()
+    assert_inside_null_space(deltas, preserved.projections)
     _, plain = run(0.0)
     assert held < 0.8 * plain, (held, plain)
     with pytest.raises(ValueError, match="c0_weight"):
