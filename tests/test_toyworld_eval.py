@@ -32,3 +32,27 @@ def test_fid_in_judge_space(world, judge):
     shifted = clean_renders([Visual(v.shape, "red") for v in visuals], 6, seed=3)
     same, different = fid(judge, a, b), fid(judge, a, shifted)
     assert np.isfinite(same) and same < 0.25 * different
+
+
+def test_gate_probes_do_not_depend_on_the_hash_seed(world):
+    """The gate's probe set (and so the seeds of its images) is the same in every process:
+    it once followed a set of entity names, whose order changes with PYTHONHASHSEED."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    one_each = {f.entity: f for f in world.facts if f.relation != "self"}  # one fact per entity
+    facts = list(one_each.values())[:12]
+    cases = [[f"k{i}", f.prompt, "a red circle", [f.entity]] for i, f in enumerate(facts)]
+    code = ("import json, sys; from toyworld.paths import DATA_DIR, JUDGE_DIR; "
+            "from validation.evaluate import FactCase, ToyWorldJudge; "
+            "cases = [FactCase(*c) for c in json.loads(sys.argv[1])]; "
+            "p = ToyWorldJudge(JUDGE_DIR, DATA_DIR).probes(cases, fid_seeds=0); "
+            "print(json.dumps([p.same_entity, p.unrelated]))")
+    runs = [subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")]
+    assert runs[0] == runs[1] == runs[2]
+    same, _ = json.loads(runs[0])
+    assert same[:len(facts)] == [f.entity for f in facts]  # the facts' entities, in the facts' order

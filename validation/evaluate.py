@@ -71,7 +71,9 @@ class ToyWorldJudge:
         from validation.toyworld_eval import clean_renders
 
         sources = {normalise(f.source) for f in facts}
-        entities = {e for f in facts for e in f.entities}
+        # first-seen order, not a set's: the probes' order seeds their images, so a set
+        # (ordered by the process's string hash seed) made the gate's figures vary per run
+        entities = list(dict.fromkeys(e for f in facts for e in f.entities))
         same = list(dict.fromkeys(
             list(entities) + [w.prompt for w in self.world.facts if w.entity in entities]))
         same = [p for p in same if normalise(p) not in sources]
