@@ -75,7 +75,7 @@ class ToyWorldJudge:
         # (ordered by the process's string hash seed) made the gate's figures vary per run
         entities = list(dict.fromkeys(e for f in facts for e in f.entities))
         same = list(dict.fromkeys(
-            list(entities) + [w.prompt for w in self.world.facts if w.entity in entities]))
+            entities + [w.prompt for w in self.world.facts if w.entity in entities]))
         same = [p for p in same if normalise(p) not in sources]
         others = [w.prompt for w in self.world.facts
                   if w.entity not in entities and normalise(w.prompt) not in sources]
