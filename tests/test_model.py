@@ -146,7 +146,9 @@ def test_tiny_sd_round_trip(tiny_sd):
     prompts = ["the president of the united states", "a photo of a cat"]
     a = original.generate(prompts, seed=0, num_inference_steps=3)
     b = loaded.generate(prompts, seed=0, num_inference_steps=3)
-    assert a.shape == (2, 16, 16, 3) and np.array_equal(a, b)
+    # the same images up to the uint8 rounding of float noise: with two threads this CPU
+    # puts one channel of one pixel one step apart (the keys below are compared in float)
+    assert a.shape == (2, 16, 16, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
     ka, _ = original.capture_fc2(prompts, 1)
     kb, _ = loaded.capture_fc2(prompts, 1)
     torch.testing.assert_close(ka, kb)
