@@ -60,6 +60,8 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
                    c0: dict[int, torch.Tensor] | None = None, captions: Sequence[str] = ()) -> Edit:
     """Apply the batch to ``model`` in place, layer by layer; return its factors.
     ``captions``: the corpus that soft preservation draws mentions from."""
+    if hp.method == "nullspace" and hp.c0_weight > 0 and c0 is None:
+        raise ValueError("hparams.c0_weight > 0 needs C0: pass c0= to execute_stage2")
     templates, last = hp.context_templates, layers[-1]
     entities = sorted({e.text for r in requests for e in r.entities})
     sources = [r.source for r in requests]
@@ -90,8 +92,6 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
         if hp.method == "nullspace" and hp.c0_weight > 0:
-            if c0 is None:
-                raise ValueError("hparams.c0_weight > 0 needs C0: pass c0= to execute_stage2")
             kp = kp + hp.c0_weight * c0[layer]
         b = right_factor(hp, k1, kp, p, None if c0 is None else c0.get(layer))
         # applied exactly as stored (float32 factors): a version loaded from its factors is
