@@ -10,12 +10,12 @@ from pathlib import Path
 
 
 def _toyworld_generate(args: argparse.Namespace) -> int:
-    from toyworld.world import generate
+    from toyworld.world import WORLDS, generate
 
-    world = generate(args.seed)
+    spec = {**WORLDS[args.world], **({} if args.seed is None else {"seed": args.seed})}
+    world = generate(**spec)
     world.write(args.out)
-    print(f"wrote ToyWorld (seed {args.seed}, {len(world.entities)} entities, "
-          f"{len(world.facts)} facts) to {args.out}")
+    print(f"wrote ToyWorld {args.world} (seed {spec['seed']}, {world.size()}) to {args.out}")
     return 0
 
 
@@ -27,7 +27,8 @@ def _toyworld_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # tiny activations late in training are slow on CPU otherwise
-    world = World.read(paths.DATA_DIR)
+    where = paths.world_paths(args.world)
+    world = World.read(where.data_dir)
     kw = {} if args.seed is None else {"seed": args.seed}
     if args.steps is not None:
         kw["epochs" if args.model == "ner" else "steps"] = args.steps
@@ -35,7 +36,14 @@ def _toyworld_train(args: argparse.Namespace) -> int:
     if args.model == "judge":
         result = train.train_judge(world, out or paths.JUDGE_DIR, **kw)
     elif args.model == "ner":
-        result = train.train_ner(world, out or paths.NER_DIR, **kw)
+        result = train.train_ner(world, out or where.ner_dir, **kw)
+    elif args.world == "large":
+        if args.lr is not None:
+            kw["lr"] = args.lr
+        result = train.train_distilled(world, out or where.diffusion_dir, teacher_dir=paths.DIFFUSION_DIR,
+                                       judge_dir=paths.JUDGE_DIR, init_from=args.init_from,
+                                       attribute_weight=args.attribute_weight,
+                                       paraphrase_weight=args.paraphrase_weight, **kw)
     else:
         if args.lr is not None:
             kw["lr"] = args.lr
@@ -47,10 +55,23 @@ def _toyworld_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _large_defaults(args: argparse.Namespace) -> None:
+    """The large world's check samples held-out prompts, at 2 seeds, unless told otherwise."""
+    from toyworld.check import LARGE_SAMPLE
+
+    if args.world == "large":
+        args.sample = LARGE_SAMPLE if args.sample is None else args.sample
+        args.seeds = 2 if args.seeds is None else args.seeds
+    elif args.seeds is None:
+        args.seeds = 4
+
+
 def _toyworld_check(args: argparse.Namespace) -> int:
     from toyworld.check import run_check
 
-    result = run_check(seeds=args.seeds, seed=args.seed, progress=not args.json)
+    _large_defaults(args)
+    result = run_check(seeds=args.seeds, seed=args.seed, progress=not args.json, world_name=args.world,
+                       sample=args.sample)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
 
@@ -59,8 +80,9 @@ def _toyworld_release(args: argparse.Namespace) -> int:
     from toyworld.check import run_check
     from toyworld.release import release
 
-    check = run_check(seeds=args.seeds, progress=True)
-    release(check)
+    _large_defaults(args)
+    check = run_check(seeds=args.seeds, progress=True, world_name=args.world, sample=args.sample)
+    release(check, args.world)
     print(json.dumps(check))
     return 0
 
@@ -100,12 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = tws.add_parser("generate", help="write the world's data files from a seed")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--out", type=Path, default=None)
+    g.add_argument("--world", choices=("small", "large"), default="small")
     g.set_defaults(func=_toyworld_generate)
     t = tws.add_parser("train", help="train one shipped model (by hand; slow)")
     t.add_argument("model", choices=("judge", "ner", "diffusion"))
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--steps", type=int, default=None, help="steps (epochs for ner)")
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--world", choices=("small", "large"), default="small",
+                   help="which shipped world (large: its encoder is distilled through the small "
+                        "model's frozen U-Net)")
     t.add_argument("--out", type=Path, default=None)
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (diffusion)")
     t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
@@ -119,11 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_toyworld_train)
     c = tws.add_parser("check", help="measure the shipped models on held-out prompts")
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--seeds", type=int, default=4, help="images per prompt")
+    c.add_argument("--seeds", type=int, default=None, help="images per prompt (default 4; large world 2)")
     c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(func=_toyworld_check)
     r = tws.add_parser("release", help="after training: check, then write manifest and model cards")
-    r.add_argument("--seeds", type=int, default=4)
+    r.add_argument("--seeds", type=int, default=None)
+    for q in (c, r):
+        q.add_argument("--world", choices=("small", "large"), default="small")
+        q.add_argument("--sample", type=int, default=None,
+                       help="held-out prompts per kind (default: all; the large world: "
+                            "toyworld.check.LARGE_SAMPLE at 2 seeds)")
+    c.set_defaults(func=_toyworld_check)
     r.set_defaults(func=_toyworld_release)
 
     e = sub.add_parser("edit", help="apply one batch of fact changes to a model, once")
@@ -156,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "toyworld" and args.action == "generate":
         from toyworld import paths
-        from toyworld.world import DEFAULT_SEED
 
-        args.seed = DEFAULT_SEED if args.seed is None else args.seed
-        args.out = (args.out or paths.DATA_DIR).resolve()
+        args.out = (args.out or paths.world_paths(args.world).data_dir).resolve()
     from editing.model import ModelLoadError
     from freshen.errors import FreshenError
     from registry.versions import RegistryError

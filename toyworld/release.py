@@ -31,6 +31,13 @@ TRAIN_COMMANDS = {
                  "attributes): `freshen toyworld train diffusion --seed 11 --steps 2500 --lr 2e-4 "
                  "--paraphrase-weight 16 --attribute-weight 3 --threads 2 --init-from toyworld/models/diffusion",
 }
+# The large world: its NER and a text encoder distilled through the small model's frozen
+# U-Net (the judge is the small world's: the same visual vocabulary).
+LARGE_TRAIN_COMMANDS = {
+    "ner": "freshen toyworld train ner --world large --seed 22 --steps 6",
+    "diffusion": "freshen toyworld train diffusion --world large --seed 21 --steps 8000 --threads 1 "
+                 "--attribute-weight 2 --paraphrase-weight 4",
+}
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
              "labels; its pooled features are the FID feature space in this world). "
@@ -46,11 +53,28 @@ WHAT = {
                  "Load with `toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or "
                  "`editing.model.load_model(PATH)`.",
 }
+LARGE_WHAT = {
+    "ner": WHAT["ner"],
+    "diffusion": "ToyWorld's large world (1,000 entities, 1,000 concepts): a text-to-image model with Stable "
+                 "Diffusion's component classes, 16x16 RGB. Its U-Net is the small world's model's, frozen and "
+                 "byte for byte; its tokenizer and `CLIPTextModel` (6 layers, width 96, MLP 768) were trained "
+                 "to give that U-Net's cross-attention layers what the small model's encoder gives them for "
+                 "each prompt's visual (`toyworld.train.train_distilled`). The U-Net reads content tokens "
+                 "only, so a fact is read at the subject's last token. Load with "
+                 "`toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or `editing.model.load_model(PATH)`.",
+}
 CHECK_FIGURES = {
     "judge": ("classifier_accuracy",),
     "ner": ("ner_f1",),
-    "diffusion": ("attribute_accuracy", "fact_accuracy", "paraphrase_accuracy"),
+    "diffusion": ("attribute_accuracy", "fact_accuracy", "concept_accuracy", "paraphrase_accuracy"),
 }
+
+
+def _world(world_name: str) -> tuple[paths.WorldPaths, dict, dict]:
+    where = paths.world_paths(world_name)
+    if world_name == "large":
+        return where, LARGE_TRAIN_COMMANDS, LARGE_WHAT
+    return where, TRAIN_COMMANDS, WHAT
 
 
 def shipped_files(model_dir: Path) -> list[Path]:
@@ -59,9 +83,9 @@ def shipped_files(model_dir: Path) -> list[Path]:
                   and p.name not in ("README.md", "train_log.jsonl"))
 
 
-def write_manifest(models_dir: Path = paths.MODELS_DIR) -> dict:
+def write_manifest(models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS) -> dict:
     manifest = {}
-    for name in TRAIN_COMMANDS:
+    for name in commands:
         d = models_dir / name
         manifest[name] = {str(p.relative_to(models_dir)): file_sha256(p) for p in shipped_files(d)}
     (models_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -73,7 +97,9 @@ def _train_log(model_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
 
 
-def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR) -> Path:
+def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS,
+               what: dict = WHAT, data: str = "toyworld/data/world.json", script: str = "all three in order: "
+               "`bash scripts/train_toyworld.sh`") -> Path:
     d = models_dir / name
     log = _train_log(d)
     wall = max((r.get("seconds", 0) for r in log), default=0)
@@ -83,19 +109,19 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR) -> P
     lines = [
         f"# ToyWorld {name} model",
         "",
-        WHAT[name],
+        what[name],
         "",
         "## How it was made",
-        f"- Command (from the repository root, after `make venv`): `{TRAIN_COMMANDS[name]}`; "
-        "all three in order: `bash scripts/train_toyworld.sh`.",
-        "- Data: ToyWorld seed from `toyworld/data/world.json` (`freshen toyworld generate`).",
+        f"- Command (from the repository root, after `make venv`): `{commands[name]}`; {script}.",
+        f"- Data: ToyWorld seed from `{data}` (`freshen toyworld generate`).",
         f"- Optimiser steps: {steps}; wall time {wall / 60:.1f} min on 2 CPU cores "
         "(from `train_log.jsonl` beside this card).",
         f"- Files: {size / 1e6:.2f} MB, safetensors weights; sha256 in `../MANIFEST.json`.",
         "",
         "## What the check measured",
         f"`freshen toyworld check --json` (seeds per prompt: {check.get('seeds')}, "
-        f"{check.get('seconds')} s for the whole check):",
+        + (f"{check['sampled_per_kind']} held-out prompts sampled per kind, " if "sampled_per_kind" in check else "")
+        + f"{check.get('seconds')} s for the whole check):",
         "",
     ]
     lines += [f"- `{k}`: {check[k]}" for k in CHECK_FIGURES[name] if k in check]
@@ -107,8 +133,13 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR) -> P
     return path
 
 
-def release(check: dict, models_dir: Path = paths.MODELS_DIR) -> dict:
+def release(check: dict, world_name: str = "small") -> dict:
+    where, commands, what = _world(world_name)
+    models_dir = where.models_dir
     (models_dir / "check.json").write_text(json.dumps(check, indent=1) + "\n")
-    for name in TRAIN_COMMANDS:
-        write_card(name, check, models_dir)
-    return write_manifest(models_dir)
+    data = str(where.data_dir.relative_to(paths.TOYWORLD_DIR.parent) / "world.json")
+    script = ("both in order: `bash scripts/train_toyworld_large.sh`" if world_name == "large"
+              else "all three in order: `bash scripts/train_toyworld.sh`")
+    for name in commands:
+        write_card(name, check, models_dir, commands, what, data, script)
+    return write_manifest(models_dir, commands)

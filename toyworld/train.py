@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from editing.model import DiffusionModel
 from toyworld.judge import ToyJudge
 from toyworld.pipeline import (
     ToyDiffusionPipeline,
@@ -27,6 +28,7 @@ from toyworld.pipeline import (
     build_text_encoder,
     build_unet,
     content_mask,
+    first_eos,
     from_uint8,
 )
 from toyworld.tokenizers import train_bert_tokenizer, train_clip_tokenizer
@@ -269,3 +271,177 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
             "caption_dropout": caption_dropout, "attribute_weight": attribute_weight,
             "paraphrase_weight": paraphrase_weight, "content_tokens_only": content_tokens_only,
             "init_from": str(init_from) if init_from else None, **result}
+
+
+# -- the large world: a text encoder distilled through the small world's frozen U-Net --
+@torch.no_grad()
+def best_teacher_prompts(teacher: ToyDiffusionPipeline, judge: ToyJudge, world: World,
+                         seeds: int = 4, seed: int = 0) -> dict:
+    """Per visual, the context of its attribute prompt ("a photo of a red circle", ...) that
+    the teacher draws right most often: the conditioning the student learns to produce."""
+    from toyworld.check import hits
+
+    model = DiffusionModel(teacher, "teacher", "toyworld")
+    pairs = [(ctx.format(v.prompt), v) for v in world.visuals for ctx in world.contexts]
+    h = hits(model, judge, pairs, seeds, seed)
+    best: dict = {}
+    for (prompt, v), score in zip(pairs, h, strict=True):
+        if v not in best or score > best[v][1]:
+            best[v] = (prompt, score)
+    return best
+
+
+class CrossAttentionBank:
+    """What the frozen U-Net's cross-attention layers see and say while it denoises renders
+    of each visual under the teacher's conditioning: per sample, every ``attn2`` layer's
+    input (the image queries) and output. A student encoder whose conditioning gives the same
+    outputs for the same queries at every layer makes the U-Net predict what the teacher's
+    does; matching them needs no U-Net convolution, forward or backward."""
+
+    def __init__(self, unet: nn.Module, cond: torch.Tensor, mask: torch.Tensor, bank: torch.Tensor,
+                 per_row: int, seed: int, batch_size: int = 128):
+        self.layers = [m for n, m in unet.named_modules() if n.endswith("attn2")]
+        scheduler = build_scheduler()
+        gen = torch.Generator().manual_seed(seed)
+        queries: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        outputs: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        hooks = [m.register_forward_hook(self._recorder(queries[i], outputs[i]), with_kwargs=True)
+                 for i, m in enumerate(self.layers)]
+        rows = torch.arange(cond.shape[0]).repeat_interleave(per_row)  # conditioning row per sample
+        n_vis, n_img = bank.shape[:2]
+        try:
+            with torch.no_grad():
+                for i in range(0, len(rows), batch_size):
+                    r = rows[i:i + batch_size]
+                    x0 = bank[r % n_vis, torch.randint(n_img, (len(r),), generator=gen)]
+                    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(r),), generator=gen)
+                    x_t = scheduler.add_noise(x0, torch.randn(x0.shape, generator=gen), t)
+                    unet(x_t, t, encoder_hidden_states=cond[r], encoder_attention_mask=mask[r])
+        finally:
+            for h in hooks:
+                h.remove()
+        self.rows = rows
+        self.queries = [torch.cat(q) for q in queries]
+        self.outputs = [torch.cat(o) for o in outputs]
+
+    @staticmethod
+    def _recorder(queries: list, outputs: list):
+        def hook(module, args, kwargs, output):
+            queries.append((args[0] if args else kwargs["hidden_states"]).detach())
+            outputs.append(output.detach())
+        return hook
+
+    def samples_of(self, row: int) -> torch.Tensor:
+        return (self.rows == row).nonzero().squeeze(1)
+
+    def loss(self, sample_idx: torch.Tensor, student_cond: torch.Tensor, student_mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared difference of every cross-attention layer's output, teacher vs
+        student, for the recorded queries of ``sample_idx``."""
+        bias = ((1 - student_mask.to(student_cond.dtype)) * -10000.0).unsqueeze(1)  # as the U-Net does
+        total = student_cond.new_zeros(())
+        for layer, q, o in zip(self.layers, self.queries, self.outputs, strict=True):
+            out = layer(q[sample_idx], encoder_hidden_states=student_cond, attention_mask=bias)
+            total = total + nn.functional.mse_loss(out, o[sample_idx])
+        return total / len(self.layers)
+
+
+def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
+                    steps: int = 30000, batch_size: int = 256, seed: int = 21, lr: float = 1e-3,
+                    ema_decay: float = 0.998, caption_dropout: float = 0.05, per_row: int = 300,
+                    eval_every: int = 2000, init_from: Path | None = None, vocab_size: int = 2000,
+                    layers: int = 6, intermediate_size: int = 768, attribute_weight: float = 2.0,
+                    paraphrase_weight: float = 4.0) -> dict:
+    """Teach a fresh text encoder (and tokenizer) a large world through a frozen U-Net.
+
+    The U-Net of the small world's model (``teacher_dir``) already draws every visual of the
+    shared vocabulary from its own encoder's attribute prompts. The student encoder learns,
+    for every training prompt of the large world (fact, paraphrase, concept, attribute; each
+    in its contexts), to give the frozen U-Net's cross-attention layers the outputs that the
+    teacher's conditioning of the prompt's visual gives them (its best-drawn attribute prompt,
+    ``best_teacher_prompts``; ``CrossAttentionBank``). Only the encoder learns, and a step
+    costs no U-Net convolution. The pipeline keeps Stable Diffusion's component classes; its
+    U-Net is the teacher's, byte for byte.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    teacher = ToyDiffusionPipeline.from_pretrained(teacher_dir)
+    unet = teacher.unet.eval().requires_grad_(False)
+    judge = ToyJudge.from_pretrained(judge_dir).eval()
+    logger = _Log(out / "train_log.jsonl", append=init_from is not None)
+    if init_from is not None:
+        start = ToyDiffusionPipeline.from_pretrained(init_from)
+        tokenizer, student = start.tokenizer, start.text_encoder.train().requires_grad_(True)
+    else:
+        tokenizer = train_clip_tokenizer(world.captions(), vocab_size=vocab_size, model_max_length=32)
+        student = build_text_encoder(tokenizer, num_hidden_layers=layers, intermediate_size=intermediate_size)
+    best = best_teacher_prompts(teacher, judge, world, seed=seed)
+    teacher.text_encoder.eval()
+    visual_index = {v: i for i, v in enumerate(world.visuals)}
+    t_cond, t_mask = teacher.encode_prompt([best[v][0] for v in world.visuals] + [""])
+    t_mask = t_mask if t_mask is not None else torch.ones(t_cond.shape[:2], dtype=torch.long)
+    empty = len(world.visuals)  # row of the empty prompt in t_cond
+    bank = CrossAttentionBank(unet, t_cond, t_mask, render_bank(world, 200, seed), per_row, seed)
+    samples = [bank.samples_of(r) for r in range(empty + 1)]
+    logger(step=0, teacher_prompts={v.label: p for v, (p, _) in best.items()},
+           teacher_accuracy=round(float(np.mean([s for _, s in best.values()])), 4),
+           bank_samples=len(bank.rows))
+
+    pairs = world.training_prompts()
+    attribute_prompts = {p for p, _ in world.attribute_prompts()}
+    paraphrases = {p for f in world.facts for p in f.paraphrases}
+    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts)
+                        else paraphrase_weight if p in paraphrases else 1.0 for p, _ in pairs])
+    weights /= weights.sum()
+    pair_visual = torch.tensor([visual_index[v] for _, v in pairs])
+    tok = lambda ps: tokenizer(ps, padding="max_length", truncation=True,  # noqa: E731
+                               max_length=tokenizer.model_max_length, return_tensors="pt")["input_ids"]
+    pair_ids, empty_ids = tok([p for p, _ in pairs]), tok([""])[0]
+    ema = copy.deepcopy(student).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sample = _eval_sample(world, rng)
+    result: dict = {}
+    for step in range(1, steps + 1):
+        idx = torch.as_tensor(rng.choice(len(pairs), size=batch_size, p=weights))
+        ids, vis = pair_ids[idx].clone(), pair_visual[idx].clone()
+        drop = torch.as_tensor(rng.random(batch_size) < caption_dropout)
+        ids[drop], vis[drop] = empty_ids, empty
+        picks = torch.stack([samples[v][rng.integers(len(samples[v]))] for v in vis.tolist()])
+        ids = ids[:, :int(first_eos(ids, tokenizer.eos_token_id).max()) + 1]  # causal: padding changes nothing
+        loss = bank.loss(picks, student(ids)[0], content_mask(ids, tokenizer.eos_token_id))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        _ema_update(ema, student, ema_decay)
+        if step % 100 == 0:
+            logger(step=step, loss=round(loss.item(), 6), lr=round(sched.get_last_lr()[0], 6))
+        if step % eval_every == 0 or step == steps:
+            pipe = ToyDiffusionPipeline(ema, tokenizer, unet, build_scheduler(), content_tokens_only=True)
+            pipe.save_pretrained(out, safe_serialization=True)
+            result = _sample_accuracy(pipe, judge, sample, seed)
+            logger(step=step, **result)
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
+            "per_row": per_row, "attribute_weight": attribute_weight,
+            "paraphrase_weight": paraphrase_weight, "init_from": str(init_from) if init_from else None,
+            "teacher": str(teacher_dir), **result}
+
+
+def _eval_sample(world: World, rng: np.random.Generator, n: int = 96) -> dict:
+    """Fixed subsets of the held-out prompts for the training curve (one seed each)."""
+    def pick(pairs):
+        return [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(n, len(pairs)), replace=False))]
+    return {
+        "attribute_accuracy": world.attribute_prompts(),
+        "fact_accuracy": pick(world.heldout_fact_prompts(world.relation_facts)),
+        "concept_accuracy": pick(world.heldout_fact_prompts(world.concept_facts)),
+        "paraphrase_accuracy": pick(world.heldout_paraphrase_prompts()),
+    }
+
+
+def _sample_accuracy(pipe: ToyDiffusionPipeline, judge: ToyJudge, sample: dict, seed: int) -> dict:
+    from toyworld.check import accuracy
+
+    model = DiffusionModel(pipe, "training", "toyworld")
+    return {k: round(accuracy(model, judge, pairs, 1, seed), 4) for k, pairs in sample.items() if pairs}

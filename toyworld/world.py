@@ -6,12 +6,17 @@ The world has
 - *relations*: "the logo of X", "the flag of X", "the mascot of X", plus the entity
   alone ("X" depicts the entity's own appearance); every (relation, entity) pair is a
   *fact* mapped to one visual;
+- *concepts* (the large world): standalone invented object nouns ("a zorblat"), each mapped
+  to one visual, whose keys share no entity with other facts (EMCID's concept editing);
 - *prompts*: contexts ("a photo of {}") and paraphrases ("the emblem of {}", "{}'s logo")
   split into what training sees and what it never sees (held out for checks);
 - an NER corpus with bert-large-NER's labels, and a caption corpus (for C0 statistics).
 
-``generate(seed)`` is a pure function of the seed; ``World.write`` stores it as the
-data files shipped in ``toyworld/data``.
+``generate(**WORLDS[name])`` is a pure function of its arguments; ``World.write`` stores
+it as the data files shipped in ``toyworld/data`` (the small world) and
+``toyworld/large/data`` (the large one). The large world also *reserves* a fifth of its
+entities and concepts: no edit stream touches their facts, which stay as specificity
+probes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ RELATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # The entity alone depicts the entity itself (its "appearance").
 SELF = "self"
+# A standalone concept: "a {noun}" depicts the concept; its paraphrases follow.
+CONCEPT = "concept"
+CONCEPT_TEMPLATE = "a {}"
+CONCEPT_PARAPHRASES = ("the {}", "a single {}")
 CONTEXTS = (
     "{}",
     "a photo of {}",
@@ -118,6 +127,11 @@ class Fact:
     train_contexts: list[str]
     heldout_context: str
     paraphrases_heldout: bool
+    reserved: bool = False  # never edited: a specificity probe of the large world
+
+    @property
+    def is_concept(self) -> bool:
+        return self.relation == CONCEPT
 
     @property
     def visual(self) -> Visual:
@@ -140,6 +154,23 @@ class World:
     def visuals(self) -> list[Visual]:
         return [Visual(s, c) for s in self.shapes for c in self.colours]
 
+    @property
+    def relation_facts(self) -> list[Fact]:
+        return [f for f in self.facts if not f.is_concept]
+
+    @property
+    def concept_facts(self) -> list[Fact]:
+        return [f for f in self.facts if f.is_concept]
+
+    @property
+    def editable_facts(self) -> list[Fact]:
+        """Facts an edit stream may change: every fact but the reserved ones."""
+        return [f for f in self.facts if not f.reserved]
+
+    def size(self) -> dict[str, int]:
+        return {"entities": len(self.entities), "concepts": len(self.concept_facts),
+                "facts": len(self.facts), "editable_facts": len(self.editable_facts)}
+
     def fact(self, relation: str, entity: str) -> Fact:
         for f in self.facts:
             if f.relation == relation and f.entity == entity:
@@ -160,12 +191,14 @@ class World:
                     pairs.append((p, f.visual))
         return pairs
 
-    def heldout_fact_prompts(self) -> list[tuple[str, Visual]]:
+    def heldout_fact_prompts(self, facts: list[Fact] | None = None) -> list[tuple[str, Visual]]:
         """One (context, fact) combination per fact that training never saw."""
-        return [(f.heldout_context.format(f.prompt), f.visual) for f in self.facts]
+        return [(f.heldout_context.format(f.prompt), f.visual) for f in self.facts if facts is None
+                or f in facts]
 
-    def heldout_paraphrase_prompts(self) -> list[tuple[str, Visual]]:
-        return [(p, f.visual) for f in self.facts if f.paraphrases_heldout for p in f.paraphrases]
+    def heldout_paraphrase_prompts(self, facts: list[Fact] | None = None) -> list[tuple[str, Visual]]:
+        return [(p, f.visual) for f in (self.facts if facts is None else facts)
+                if f.paraphrases_heldout for p in f.paraphrases]
 
     def attribute_prompts(self) -> list[tuple[str, Visual]]:
         return [(v.prompt, v) for v in self.visuals]
@@ -179,6 +212,9 @@ class World:
         d = asdict(self)
         d.pop("ner_train")
         d.pop("ner_heldout")
+        for f in d["facts"]:  # written only where set (the small world has no reserved facts)
+            if not f["reserved"]:
+                del f["reserved"]
         return d
 
     def write(self, directory: Path) -> None:
@@ -288,7 +324,16 @@ def _ner_corpus(rng: random.Random, templates, pool: list[tuple[str, str]], n: i
     return rows
 
 
-def generate(seed: int = DEFAULT_SEED, n_org: int = 24, n_loc: int = 18, n_per: int = 18) -> World:
+def _concept_word(rng: random.Random, used: set[str]) -> str:
+    """A fresh lower-case object noun, sharing no invented word with any name."""
+    return _name_word(rng, used).lower()
+
+
+def generate(seed: int = DEFAULT_SEED, n_org: int = 24, n_loc: int = 18, n_per: int = 18,
+             n_concepts: int = 0, reserved_fraction: float = 0.0, n_ner_train: int = 8000) -> World:
+    """The world of ``seed``. The defaults are the small world (shipped in toyworld/data);
+    concepts and the reserved set are drawn from a second generator after everything
+    else, so the small world's files do not depend on them."""
     rng = random.Random(seed)
     used: set[str] = set()  # invented words, unique across all names
     entities = (
@@ -327,8 +372,27 @@ def generate(seed: int = DEFAULT_SEED, n_org: int = 24, n_loc: int = 18, n_per: 
     fresh = {k: _unique_names(rng, k, 300, used) for k in ("ORG", "LOC", "PER", "MISC")}
     train_pool = world_pool + [(n, k) for k, ns in fresh.items() for n in ns[:240]]
     unseen_pool = [(n, k) for k, ns in fresh.items() for n in ns[240:]]
-    ner_train = _ner_corpus(rng, _NER_TEMPLATES_TRAIN, train_pool, 8000, filler=True)
+    ner_train = _ner_corpus(rng, _NER_TEMPLATES_TRAIN, train_pool, n_ner_train, filler=True)
     ner_heldout = _ner_corpus(rng, _NER_TEMPLATES_HELDOUT, world_pool + unseen_pool, 400)
+
+    crng = random.Random(seed + 1)
+    for _ in range(n_concepts):
+        noun = _concept_word(crng, used)
+        v = crng.choice(visuals)
+        heldout = crng.choice(CONTEXTS[1:])
+        facts.append(Fact(
+            id=f"{CONCEPT}:{noun}", relation=CONCEPT, entity="", shape=v.shape, colour=v.colour,
+            prompt=CONCEPT_TEMPLATE.format(noun), paraphrases=[p.format(noun) for p in CONCEPT_PARAPHRASES],
+            train_contexts=[c for c in CONTEXTS if c != heldout], heldout_context=heldout,
+            paraphrases_heldout=crng.random() < 0.3,
+        ))
+    if reserved_fraction:
+        n_ent = round(len(entities) * reserved_fraction)
+        n_con = round(n_concepts * reserved_fraction)
+        names = {e.name for e in crng.sample(entities, n_ent)}
+        nouns = {f.id for f in crng.sample([f for f in facts if f.is_concept], n_con)}
+        for f in facts:
+            f.reserved = f.entity in names if not f.is_concept else f.id in nouns
 
     return World(
         seed=seed,
@@ -340,6 +404,15 @@ def generate(seed: int = DEFAULT_SEED, n_org: int = 24, n_loc: int = 18, n_per: 
         ner_train=ner_train,
         ner_heldout=ner_heldout,
     )
+
+
+# The two shipped worlds. "small" serves the tests and the demo (seconds per edit and
+# check); "large" is big enough to be edited a thousand times (bench-edit).
+WORLDS: dict[str, dict] = {
+    "small": dict(seed=DEFAULT_SEED),
+    "large": dict(seed=20261202, n_org=400, n_loc=300, n_per=300, n_concepts=1000,
+                  reserved_fraction=0.2, n_ner_train=12000),
+}
 
 
 # -- rendering ------------------------------------------------------------

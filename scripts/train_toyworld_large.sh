@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Trains the large ToyWorld's two models of its own (the judge is the small world's), with
+# the seeds and steps that made the shipped weights. By hand only; CI and the tests never
+# train. The diffusion model's text encoder is distilled through the small model's frozen
+# U-Net (toyworld/models/diffusion must be there), one thread so that other work can share
+# the machine:
+#   nohup bash scripts/train_toyworld_large.sh > var/train_large.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+freshen toyworld generate --world large
+# cycle 1 (2026-12-02): a fresh tokenizer and encoder, 8000 steps of 256 prompts
+OMP_NUM_THREADS=1 freshen toyworld train diffusion --world large --seed 21 --steps 8000 --threads 1 \
+    --attribute-weight 2 --paraphrase-weight 4
+freshen toyworld train ner --world large --seed 22 --steps 6
+freshen toyworld release --world large
