@@ -1,14 +1,25 @@
-"""``make bench-edit``: edit quality at 10, 100 and 1000 sequential edits on ToyWorld.
+"""``make bench-edit``: edit quality over many sequential edits on a ToyWorld.
 
-For each method (the main null-space + entity-alignment method and its baselines) and each
-edit count n, a seeded stream of n fact changes (fact -> a new visual) is applied in
-sequential batches; a fact changed twice must end at its latest target. Then efficacy,
-generality, specificity (same-entity other relations, entity alone, unrelated) are judged
-by the shipped judge, next to the unedited model's, and FID in the judge's feature space.
+One seeded stream of fact changes (fact -> a new visual; relation facts and, in the large
+world, standalone concepts; at most a quarter of the changes revise a fact changed before)
+is applied batch by batch by every method. At each checkpoint (edit count) the shipped
+judge labels images of
+- efficacy: each live fact's source shows its latest target;
+- generality: its held-out context (``generality_contexts``) and its paraphrases
+  (``generality_paraphrases``, also divided by the unedited model's own accuracy on the
+  same paraphrases with the world's visuals: ``generality_paraphrases_vs_unedited``);
+- specificity: the *reserved* facts (entities and concepts no stream ever touches; the small
+  world reserves a fifth of its entities here), the same probes at every size, plus the
+  attribute prompts; ``specificity_vs_unedited`` divides by the unedited model's score;
+and FID (judge features) of the attribute and reserved prompts' images against clean
+renders, as the change from the unedited model's. Each row also has the largest
+||W_l - W0_l|| / ||W0_l|| over the edit layers and the Stage I / II seconds so far.
 
-    python -m bench.edit_quality [--sizes 10,100,1000] [--batch 50] [--steps 200] [--baseline-max N] [--full K]
+    python -m bench.edit_quality [--world small|large] [--sizes 10,100,1000] [--batch 50]
+        [--steps 200] [--seeds 4] [--seed 0] [--methods preset,...] [--max-edits-for M=N,...]
 
-Writes bench/results/edit_quality.json and prints it.
+Writes bench/results/edit_quality.json (or --out) after every row, and a chart (PNG)
+beside it at the end.
 """
 
 from __future__ import annotations
@@ -20,55 +31,86 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from editing.api import edit, preservation
+from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
+from editing.keys import key_moments
 from editing.model import DiffusionModel, load_model
 from editing.requests import EditRequest, Entity
+from editing.stage1 import compute_zs
 from editing.state import EditState
 from toyworld.judge import ToyJudge
-from toyworld.paths import DATA_DIR, DIFFUSION_DIR, JUDGE_DIR
-from toyworld.world import SELF, Visual, World
-from validation.toyworld_eval import (
-    Probe,
-    clean_renders,
-    fid,
-    judged,
-    probes_for,
-    score,
-)
+from toyworld.paths import world_paths
+from toyworld.world import SELF, Fact, Visual, World
+from validation.toyworld_eval import clean_renders, fid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# overrides of the ToyWorld preset, named by what they add to it or take away; the first
-# is the main method (the preset itself)
+# overrides of the ToyWorld preset; "preset" is the preset itself (the headline method)
 METHODS = {
-    "nullspace+entity": {},  # the papers' method as ALGORITHMS.md gives it
-    "nullspace+entity+mentions": dict(mention_weight=0.03),
-    "nullspace+entity+protect": dict(protect_entities=True),
-    "nullspace": dict(alpha_e=0.0),
-    "emcid-alpha": dict(method="emcid"),
-    "no-nullspace": dict(nullspace_mode="none"),
-    # session 7: EMCID's C0 term inside Eq. 7 (c0_weight 40 = EMCID's lambda (1-alpha)/alpha);
-    # with P = I and beta 0 it is EMCID's closed form with the memory Kp Kp^T of earlier batches
-    "nullspace+entity+c0": dict(c0_weight=40.0),
-    "emcid-alpha+memory": dict(nullspace_mode="none", c0_weight=40.0, beta=0.0),
+    "preset": {},
+    # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model
+    "sequential": dict(mode="sequential", refresh_kp=True),
+    "consolidate": dict(mode="consolidate"),  # base + one solve over the live set
+    "emcid-alpha": dict(mode="sequential", method="emcid", max_update_norm=0.0),  # EMCID's published form
+    # EMCID's C0 term inside Eq. 7 with P = I and beta 0: EMCID with the memory of earlier batches
+    "emcid-alpha+memory": dict(mode="sequential", nullspace_mode="none", c0_weight=40.0, beta=0.0,
+                               max_update_norm=0.0),
+    "no-nullspace": dict(mode="sequential", nullspace_mode="none", max_update_norm=0.0),
+    # variants of the choices the preset makes, one at a time
+    "sequential-energy3": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",
+                               nullspace_threshold=3e-2),
+    "sequential-templates": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",
+                                 nullspace_threshold=1e-2,
+                                 context_templates=["{}", "a photo of {}", "an image of {}"]),
+    "consolidate-relative": dict(mode="consolidate", c0_skip_bos=True, nullspace_mode="relative",
+                                 nullspace_threshold=1e-2),
+    "consolidate-energy": dict(mode="consolidate", c0_skip_bos=True, nullspace_mode="energy",
+                               nullspace_threshold=1e-2),
+    # the earlier preset (until 2026-12): C0 with [BOS], relative cut, no bound
+    "sequential-relative": dict(mode="sequential", c0_skip_bos=False, nullspace_mode="relative",
+                                nullspace_threshold=1e-2, max_update_norm=0.0),
 }
+REVISION_SHARE = 0.25  # at most this share of a stream's changes revise an earlier one
 
 
-def edit_stream(world: World, n: int, seed: int) -> list[tuple[str, Visual]]:
-    """n (fact id, new visual) changes; relations only (the entity alone is kept for
-    specificity); each change differs from the fact's visual at that point."""
+def reserved_facts(world: World, seed: int = 0) -> list[Fact]:
+    """The facts no stream touches: the world's reserved set or, in a world without one
+    (the small world), every fact of a seeded fifth of its entities."""
+    if any(f.reserved for f in world.facts):
+        return [f for f in world.facts if f.reserved]
     rng = random.Random(seed)
-    facts = [f for f in world.facts if f.relation != SELF]
+    names = {e.name for e in rng.sample(world.entities, len(world.entities) // 5)}
+    return [f for f in world.facts if f.entity in names]
+
+
+def editable(world: World, reserved: list[Fact]) -> list[Fact]:
+    """What a stream may change: relation facts (not the entity alone, which the entity's
+    appearance keeps) and concepts, outside the reserved set."""
+    kept = {f.id for f in reserved}
+    return [f for f in world.facts if f.id not in kept and f.relation != SELF]
+
+
+def edit_stream(world: World, facts: list[Fact], n: int, seed: int) -> list[tuple[str, Visual]]:
+    """n (fact id, new visual) changes; each differs from the fact's visual at that point.
+    A change revises an earlier-changed fact with probability REVISION_SHARE (so at most
+    about a quarter of the stream are revisions), otherwise changes a fresh fact."""
+    rng = random.Random(seed)
     current = {f.id: f.visual for f in facts}
+    fresh = [f.id for f in facts]
+    rng.shuffle(fresh)
+    changed: list[str] = []
     out = []
     for _ in range(n):
-        f = rng.choice(facts)
-        v = rng.choice([v for v in world.visuals if v != current[f.id]])
-        current[f.id] = v
-        out.append((f.id, v))
+        revise = changed and (rng.random() < REVISION_SHARE or not fresh)
+        fid_ = rng.choice(changed) if revise else fresh.pop()
+        if not revise:
+            changed.append(fid_)
+        v = rng.choice([v for v in world.visuals if v != current[fid_]])
+        current[fid_] = v
+        out.append((fid_, v))
     return out
 
 
@@ -83,28 +125,58 @@ def batches(stream: list[tuple[str, Visual]], size: int) -> list[list[tuple[str,
     return out
 
 
-def requests_for(world: World, batch: list[tuple[str, Visual]]) -> list[EditRequest]:
-    by_id = {f.id: f for f in world.facts}
+def request_for(world: World, f: Fact, v: Visual) -> EditRequest:
     kinds = {e.name: e.kind for e in world.entities}
-    reqs = []
-    for fact_id, v in batch:
-        f = by_id[fact_id]
+    ents = []
+    if f.entity:
         start = f.prompt.index(f.entity)
-        reqs.append(EditRequest(fact_id, f.prompt, v.prompt, entities=[
-            Entity(f.entity, kinds[f.entity], start, start + len(f.entity))]))
-    return reqs
+        ents = [Entity(f.entity, kinds[f.entity], start, start + len(f.entity))]
+    return EditRequest(f.id, f.prompt, v.prompt, entities=ents, related=list(f.paraphrases))
 
 
-def evaluate(model, judge, world: World, current: dict[str, Visual], seeds: int) -> tuple[dict, list]:
-    probes = probes_for(world, current)
-    probes += [Probe(p, "specificity_unrelated", "attribute", v) for p, v in world.attribute_prompts()]
-    images, labels = judged(model, judge, [p.prompt for p in probes], seeds)
-    return score(probes, labels, seeds), images
+@dataclass
+class Probes:
+    """Prompts with the visual each should show, by kind."""
+
+    kinds: dict[str, list[tuple[str, Visual]]]
+
+    def flat(self) -> list[tuple[str, str, Visual]]:
+        return [(k, p, v) for k, pairs in self.kinds.items() for p, v in pairs]
+
+
+def probes(world: World, current: dict[str, Visual], reserved: list[Fact]) -> Probes:
+    by_id = {f.id: f for f in world.facts}
+    live = [(by_id[i], v) for i, v in current.items()]
+    return Probes({
+        "efficacy": [(f.prompt, v) for f, v in live],
+        "generality_contexts": [(f.heldout_context.format(f.prompt), v) for f, v in live],
+        "generality_paraphrases": [(p, v) for f, v in live for p in f.paraphrases],
+        "specificity_reserved": [(f.prompt, f.visual) for f in reserved],
+        "specificity_attributes": world.attribute_prompts(),
+    })
+
+
+def judge_probes(model: DiffusionModel, judge: ToyJudge, probes: Probes, seeds: int) -> tuple[dict, dict]:
+    """Accuracy per kind (and ``specificity`` over both specificity kinds), and the images
+    per kind."""
+    flat = probes.flat()
+    prompts = [p for _, p, _ in flat for _ in range(seeds)]
+    images = model.generate_many(prompts, seed=0, batch_size=96)
+    labels = judge.classify(images)
+    hits: dict[str, list[bool]] = {}
+    imgs: dict[str, list[np.ndarray]] = {}
+    for i, (kind, _, want) in enumerate(flat):
+        hits.setdefault(kind, []).extend(v == want for v in labels[i * seeds:(i + 1) * seeds])
+        imgs.setdefault(kind, []).extend(images[i * seeds:(i + 1) * seeds])
+    out = {k: float(np.mean(h)) for k, h in hits.items()}
+    spec = hits.get("specificity_reserved", []) + hits.get("specificity_attributes", [])
+    out["specificity"] = float(np.mean(spec))
+    return out, {k: np.stack(v) for k, v in imgs.items()}
 
 
 @dataclass
 class _Run:
-    """One method's sequential chain so far."""
+    """One method's chain so far."""
 
     hp: EditHParams
     model: DiffusionModel
@@ -116,95 +188,189 @@ class _Run:
     rows: dict = field(default_factory=dict)
 
 
-def run(sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
-        seed: int = 0, model_dir: Path = DIFFUSION_DIR, out: Path | None = None, command: str = "",
-        baseline_max: int | None = None, full: int = 1) -> dict:
-    """Every method on the same stream, size by size: all methods reach n edits before any
-    goes on (so a stopped run still compares them side by side). ``baseline_max``: methods
-    after the first ``full`` stop at that many edits. With ``out``, the results so far are written
-    after every row (``complete`` says whether the run finished)."""
-    world = World.read(DATA_DIR)
-    judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
-    base = load_model(model_dir)
-    attr_prompts = [p for p, _ in world.attribute_prompts()]
-    fid_seeds = 8
-    renders = clean_renders([v for _, v in world.attribute_prompts()], fid_seeds)
-    base_attr = base.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
-    fid_base = fid(judge, renders, base_attr)
-    stream = edit_stream(world, max(sizes), seed)
-    runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]), load_model(model_dir))
-            for name in methods}
-    results: dict = {"command": command, "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps,
-                                "seeds": seeds, "seed": seed, "baseline_max": baseline_max, "full": full},
-                     "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {}}
+def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
+        seed: int = 0, out: Path | None = None, command: str = "", max_edits: dict[str, int] | None = None,
+        threads: int | None = None, stage1_dir: Path | None = None) -> dict:
+    """Every method on the same stream, size by size (so a stopped run still compares them
+    side by side); ``max_edits``: a method stops after that many edits."""
+    where = world_paths(world_name)
+    world = World.read(where.data_dir)
+    judge = ToyJudge.from_pretrained(where.judge_dir).eval()
+    base = load_model(where.diffusion_dir)
+    preset = EditHParams.preset("toyworld")
+    reserved = reserved_facts(world)
+    pool = editable(world, reserved)
+    stream = edit_stream(world, pool, max(sizes), seed)
+    captions = world.captions()
+    fixed = probes(world, {}, reserved)
+    fid_pairs = fixed.kinds["specificity_reserved"] + fixed.kinds["specificity_attributes"]
+    renders = clean_renders([v for _, v in fid_pairs], seeds)
+    runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]),
+                       load_model(where.diffusion_dir)) for name in methods}
+    results: dict = {
+        "command": command, "preset": preset_name(preset), "seed": seed,
+        "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
+                  "facts": len(world.facts), "editable_facts": len(pool), "reserved_facts": len(reserved)},
+        "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps, "seeds": seeds,
+                   "max_edits": max_edits or {}, "threads": threads or torch.get_num_threads()},
+        "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {},
+    }
+    moments = {}  # the whole corpus's key moments on the base, per [BOS] choice: C0 by subtraction
+    for skip_bos in sorted({r.hp.c0_skip_bos for r in runs.values()}):
+        moments[skip_bos] = key_moments(base, preset.edit_layers(base.n_layers), captions, skip_bos=skip_bos)
+    base_cache: dict[int, tuple[dict, dict]] = {}
+    stage1_cache: dict[str, torch.Tensor] = {}
+    by_id = {f.id: f for f in world.facts}
     for n in sorted(sizes):
-        base_metrics = None  # every method edits the same stream: judge the base once per size
-        for i, (name, r) in enumerate(runs.items()):
-            if i >= full and baseline_max is not None and n > baseline_max:
+        for name, r in runs.items():
+            if max_edits and n > max_edits.get(name, n):
                 continue
+            norms = r.rows[max(r.rows, key=int)]["update_norm_per_layer"] if r.rows else {}
             for batch in batches(stream[r.done:n], batch_size):
-                reqs = requests_for(world, batch)
-                pres = preservation(base, base.default_edit_layers, world.captions(), r.hp, requests=reqs)
-                res = edit(r.model, reqs, r.state, hp=r.hp, preserved=pres)
-                r.state = res.state
-                r.t1 += res.seconds["stage1"]
-                r.t2 += res.seconds["stage2"]
+                reqs = [request_for(world, by_id[i], v) for i, v in batch]
+                live = [p for i in r.current for p in (by_id[i].prompt, *by_id[i].paraphrases)]
+                layers = r.hp.edit_layers(base.n_layers)
+                pres = preservation(base, layers, captions, r.hp, requests=reqs,
+                                    live=live, moments=moments[r.hp.c0_skip_bos])
+                # Stage I is anchored to the base: the same batch with the same Stage I settings
+                # gives the same targets for every method, so it runs once
+                key = json.dumps([batch_key(batch), stage1_settings(r.hp)])
+                t0 = time.perf_counter()
+                if key not in stage1_cache:
+                    stage1_cache[key] = _stage1(base, reqs, r.hp, layers[-1], key, stage1_dir)
+                    r.t1 += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                e = apply_targets(r.model, reqs, stage1_cache[key], r.hp, r.state, pres)
+                r.t2 += time.perf_counter() - t0
+                r.state = r.state.after(e, r.model)
                 r.current.update(dict(batch))
+                norms = e.meta.get("update_norm", {})
             r.done = n
-            metrics, _ = evaluate(r.model, judge, world, r.current, seeds)
-            if base_metrics is None:
-                base_metrics, _ = evaluate(base, judge, world, r.current, seeds)
-            attr = r.model.generate_many([p for p in attr_prompts for _ in range(fid_seeds)], seed=7)
-            fid_edit = fid(judge, renders, attr)
+            pr = probes(world, r.current, reserved)
+            metrics, images = judge_probes(r.model, judge, pr, seeds)
+            if n not in base_cache:  # the unedited model on the same probes, with the world's visuals
+                unedited_pr = probes(world, {i: by_id[i].visual for i in r.current}, reserved)
+                base_cache[n] = judge_probes(base, judge, unedited_pr, seeds)
+            base_metrics, base_images = base_cache[n]
+            fake = np.concatenate([images["specificity_reserved"], images["specificity_attributes"]])
+            fake_base = np.concatenate([base_images["specificity_reserved"], base_images["specificity_attributes"]])
+            fid_edit, fid_base = fid(judge, renders, fake), fid(judge, renders, fake_base)
             row = {
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "unedited": {k: round(v, 4) for k, v in base_metrics.items()},
                 "specificity_vs_unedited": round(metrics["specificity"] / base_metrics["specificity"], 4),
-                "fid_to_renders": round(fid_edit, 4),
-                "fid_to_renders_unedited": round(fid_base, 4),
+                "generality_paraphrases_vs_unedited": round(
+                    metrics["generality_paraphrases"] / max(base_metrics["generality_paraphrases"], 1e-9), 4),
+                "fid": round(fid_edit, 4),
+                "fid_unedited": round(fid_base, 4),
                 "fid_increase": round(fid_edit / fid_base - 1, 4),
-                "fid_to_unedited_images": round(fid(judge, base_attr, attr), 4),
-                "stage1_seconds": round(r.t1, 1),
+                "update_norm": round(max(norms.values()), 4) if norms else None,
+                "update_norm_per_layer": norms,
+                "stage1_seconds": round(r.t1, 1),  # 0 where an earlier method's identical Stage I was reused
                 "stage2_seconds": round(r.t2, 1),
-                "facts_edited": len(r.current),
+                "facts_live": len(r.current),
+                "revisions": n - len(r.current),
             }
             r.rows[str(n)] = row
             results["methods"][name] = r.rows
-            print(json.dumps({"method": name, "edits": n, **row}), flush=True)
+            print(json.dumps({"method": name, "edits": n, **{k: v for k, v in row.items()
+                                                              if k not in ("unedited", "update_norm_per_layer")}}),
+                  flush=True)
             if out is not None:
                 out.write_text(json.dumps({**results, "complete": False}, indent=1) + "\n")
     return {**results, "complete": True}
 
 
+def _stage1(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, layer: int, key: str,
+            cache: Path | None) -> torch.Tensor:
+    """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    path = cache / f"z_{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors" if cache else None
+    if path is not None and path.is_file():
+        return load_file(path)["z"]
+    z = compute_zs(base, reqs, hp, layer).z
+    if path is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        save_file({"z": z.contiguous()}, path)
+    return z
+
+
+def batch_key(batch: list[tuple[str, Visual]]) -> list:
+    return [(i, v.label) for i, v in batch]
+
+
+def stage1_settings(hp: EditHParams) -> dict:
+    """The hyperparameters Stage I's targets depend on."""
+    keys = ("layers", "context_templates", "steps", "lr", "lambda_txt", "alpha_e", "weight_decay",
+            "clamp_norm_factor", "noise_images", "dest_steps", "guidance_scale", "seed")
+    return {k: getattr(hp, k) for k in keys}
+
+
+def preset_name(hp: EditHParams) -> str:
+    """The method the ToyWorld preset is, in this benchmark's names."""
+    return "consolidate" if hp.mode == "consolidate" else "sequential"
+
+
+def chart(results: dict, path: Path) -> Path:
+    """Efficacy, specificity (vs unedited) and FID change against edits, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("efficacy", "efficacy"), ("specificity_vs_unedited", "specificity / unedited"),
+              ("fid_increase", "FID change"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for name, rows in results["methods"].items():
+            xs = sorted(int(n) for n in rows)
+            ax.plot(xs, [rows[str(x)][key] for x in xs], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("sequential edits")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    w = results["world"]
+    fig.suptitle(f"ToyWorld {w['name']} ({w['entities']} entities, {w['concepts']} concepts), "
+                 f"stream seed {results['seed']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", choices=("small", "large"), default="large")
     ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--methods", default=",".join(METHODS), help="the first is the main method")
-    ap.add_argument("--baseline-max", type=int, default=None,
-                    help="methods after the first --full stop at this many edits (default: every size)")
-    ap.add_argument("--full", type=int, default=1, help="how many methods, from the first, run at every size")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="draws the stream (another seed, another stream)")
+    ap.add_argument("--methods", default="preset,sequential,consolidate,emcid-alpha,emcid-alpha+memory,no-nullspace")
+    ap.add_argument("--max-edits-for", default="", help="METHOD=N,...: stop a method after N edits")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
-    ap.add_argument("--model", type=Path, default=DIFFUSION_DIR, help="ToyWorld pipeline (default: shipped)")
+    ap.add_argument("--stage1-cache", type=Path, default=None,
+                    help="directory keeping Stage I's targets per batch across runs (the targets are the "
+                         "base's, so every run of the same stream and Stage I settings shares them)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
-    command = "python -m bench.edit_quality " + " ".join(
-        f"--{k} {v}" for k, v in (("sizes", args.sizes), ("batch", args.batch), ("steps", args.steps),
-                                 ("seeds", args.seeds), ("methods", args.methods)))
-    if args.baseline_max is not None:
-        command += f" --baseline-max {args.baseline_max} --full {args.full}"
-    if args.model != DIFFUSION_DIR:
-        command += f" --model {args.model}"
+    max_edits = {k: int(v) for k, v in (x.split("=") for x in args.max_edits_for.split(",") if x)}
+    command = (f"python -m bench.edit_quality --world {args.world} --sizes {args.sizes} --batch {args.batch} "
+               f"--steps {args.steps} --seeds {args.seeds} --seed {args.seed} --methods {args.methods}")
+    if args.max_edits_for:
+        command += f" --max-edits-for {args.max_edits_for}"
     t0 = time.time()
-    results = run([int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
-                  args.methods.split(","), model_dir=args.model, out=args.out, command=command,
-                  baseline_max=args.baseline_max, full=args.full)
+    results = run(args.world, [int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
+                  args.methods.split(","), seed=args.seed, out=args.out, command=command, max_edits=max_edits,
+                  stage1_dir=args.stage1_cache)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {chart(results, args.out.with_suffix('.png'))}")
 
 
 if __name__ == "__main__":

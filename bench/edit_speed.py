@@ -24,6 +24,7 @@ import torch
 from editing.hparams import EditHParams
 from editing.keys import compute_hs, layer_stats, null_space_projection
 from editing.model import DiffusionModel, load_model
+from editing.preservation import Preservation
 from editing.requests import EditRequest
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
@@ -95,7 +96,8 @@ def main() -> None:
     hp = EditHParams.preset("stable-diffusion")
     layers = sd.default_edit_layers
     c0 = layer_stats(sd, layers, world.captions()[:400], progress=False)
-    pres = {l: null_space_projection(c0[l], hp.nullspace_mode, hp.nullspace_threshold) for l in layers}
+    pres = Preservation(c0, {l: null_space_projection(c0[l], hp.nullspace_mode, hp.nullspace_threshold)
+                             for l in layers})
     out["stage2_sd14_facts"] = args.facts
     out["stage2_sd14_seconds"] = round(stage2_seconds(sd, requests(world, args.facts), hp, layers,
                                                       EditState(), pres), 2)

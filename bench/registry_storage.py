@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-from editing.api import preservation
+from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.keys import compute_hs
 from editing.model import load_model
 from editing.requests import EditRequest
-from editing.stage2 import execute_stage2
 from registry.versions import Registry, batch_key
 from toyworld.paths import DATA_DIR, DIFFUSION_DIR
 from toyworld.world import SELF, World
@@ -59,7 +58,7 @@ def main() -> None:
             z = h + 0.5 * h.norm(dim=1, keepdim=True) * torch.randn(h.shape, generator=gen) / h.shape[1] ** 0.5
             kept = preservation(model, layers, world.captions(), hp, requests=reqs)
             m = load_model(DIFFUSION_DIR)
-            edit = execute_stage2(m, reqs, z, hp, layers, reg.edit_state(1), kept.projections, kept.c0)
+            edit = apply_targets(m, reqs, z, hp, reg.edit_state(1), kept)
             rows = [{"key": r.id, "source": r.source, "target": r.target} for r in reqs]
             v = reg.register_batch(1, edit, rows, hp.to_json(), batch_key(1, "x", rows, hp.to_json()))
             sizes = run_bytes(reg, v)

@@ -1,8 +1,17 @@
-"""The editing engine's entry point: ``edit(model, requests, state) -> EditResult``.
+"""The editing engine's entry points.
 
-Stage I finds one target residual per fact; Stage II writes the batch into the text
-encoder's fc2 weights of every edit layer, on top of whatever ``model`` already carries
-(the chain of earlier versions), projected so that preserved keys keep their values.
+- ``edit(model, requests, state, base=...) -> EditResult``: Stage I on the *base* model (one
+  target per fact), then Stage II on ``model``;
+- ``apply_targets(model, facts, zs, hp, state, preserved) -> Edit``: Stage II alone, the one
+  path by which targets reach weights (``edit``, the service's Stage II task, the
+  benchmarks and the tests all go through it).
+
+``hp.mode`` decides what Stage II solves: "sequential" writes the batch on top of whatever
+``model`` already carries (the chain of earlier versions), holding earlier batches' keys
+with Kp Kp^T (Eq. 7 of 004_...); "consolidate" sets the edit layers back to the base and
+solves once over the whole live fact set (the state's live facts, less the ones the batch
+revises, plus the batch) with their stored targets: a revision replaces its predecessor
+and the version is the base plus one edit (ALGORITHMS.md "The live fact set").
 """
 
 from __future__ import annotations
@@ -16,12 +25,15 @@ from pathlib import Path
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import compute_hs, layer_stats, null_space_projection
+from editing.keys import compute_hs
 from editing.model import DiffusionModel
-from editing.requests import EditRequest, without_sources
+from editing.preservation import Preservation, preservation, preserved_corpus
+from editing.requests import EditRequest, normalise
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
-from editing.state import Edit, EditState
+from editing.state import Edit, EditState, LiveFact
+
+__all__ = ["EditResult", "Preservation", "apply_targets", "edit", "preservation", "preserved_corpus", "revert"]
 
 log = logging.getLogger(__name__)
 
@@ -29,72 +41,83 @@ log = logging.getLogger(__name__)
 @dataclass
 class EditResult:
     model: DiffusionModel  # the same object, now edited
-    state: EditState  # what the next sequential batch starts from
-    edit: Edit  # this batch's low-rank factors
-    diagnostics: list[dict] = field(default_factory=list)  # one per fact
+    state: EditState  # what the next batch starts from
+    edit: Edit  # this batch's low-rank factors (with ``mode="consolidate"``: the live set's, from the base)
+    diagnostics: list[dict] = field(default_factory=list)  # one per fact of the batch
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class Preservation:
-    """C0 per layer and the projections cut from it, for one base model and corpus."""
+def apply_targets(model: DiffusionModel, facts: Sequence[EditRequest | LiveFact], zs: torch.Tensor,
+                  hp: EditHParams, state: EditState, preserved: Preservation) -> Edit:
+    """Stage II: write ``facts`` with their targets ``zs`` (e x d, at the last edit layer)
+    into ``model`` in place, as ``hp.mode`` says; the Edit carries the targets and, per edit
+    layer, ||W_l - W0_l|| / ||W0_l|| afterwards (``meta["update_norm"]``)."""
+    layers = hp.edit_layers(model.n_layers)
+    if hp.mode == "consolidate":
+        kept = state.live_facts(replacing=[f.source for f in facts])
+        facts = [*kept, *facts]
+        zs = torch.cat([torch.stack([f.z for f in kept]).to(zs), zs]) if kept else zs
+        preserved.restore(model)
+        state = EditState()
+    batch = execute_stage2(model, facts, zs, hp, layers, state, preserved)
+    batch.targets = zs.detach().float()
+    batch.from_base = hp.mode == "consolidate"
+    if preserved.base_weights:
+        batch.meta["update_norm"] = {str(l): round(v, 6) for l, v in preserved.update_norms(model).items()}
+    return batch
 
-    c0: dict[int, torch.Tensor]
-    projections: dict[int, torch.Tensor]
-    captions: list[str] = field(default_factory=list)  # the corpus C0 was taken over
 
-
-def preserved_corpus(captions: Sequence[str], requests: Sequence[EditRequest]) -> list[str]:
-    """The caption corpus minus every caption that contains a batch source (case and spacing
-    ignored). Beyond the papers: their C0 comes from 100k generic captions where an edited
-    prompt is one of many; in a small closed world (ToyWorld) the corpus *is* the facts, and
-    keeping the edited prompts in C0 puts the very keys to change into the preserved span."""
-    return without_sources(captions, [r.source for r in requests])
-
-
-def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[str],
-                 hp: EditHParams, cache_dir: Path | None = None, model_hash: str = "",
-                 progress: bool = False, requests: Sequence[EditRequest] = ()) -> Preservation:
-    """C0 statistics of the *base* model (cached on disk) and the null-space projections.
-    With ``hp.exclude_sources_from_c0``, captions containing a source of ``requests`` are
-    left out of C0 (``preserved_corpus``; the cache key follows the corpus)."""
-    if hp.exclude_sources_from_c0 and requests:
-        captions = preserved_corpus(captions, requests)
-    c0 = layer_stats(model, layers, captions, cache_dir=cache_dir, model_hash=model_hash,
-                     progress=progress)
-    mode = hp.nullspace_mode if hp.method == "nullspace" else "none"
-    return Preservation(c0, {l: null_space_projection(c0[l], mode, hp.nullspace_threshold)
-                             for l in layers}, list(captions))
+def revert(model: DiffusionModel, sources: Sequence[str], hp: EditHParams, state: EditState,
+           preserved: Preservation) -> Edit:
+    """Take the facts of ``sources`` out of a consolidated version: ``model`` becomes the
+    base plus one solve over the other live facts (their stored targets), the weights of a
+    version that never had them. Sequential versions cannot revert exactly (their updates
+    stack), so this needs ``hp.mode == "consolidate"``."""
+    if hp.mode != "consolidate":
+        raise ValueError("revert: needs hparams.mode 'consolidate' (a sequential chain's updates stack "
+                         "and cannot be taken back exactly)")
+    missing = [s for s in sources if normalise(s) not in state.live]
+    if missing:
+        raise ValueError(f"revert: {missing} are not live facts of this version")
+    kept = state.live_facts(replacing=sources)
+    if not kept:
+        preserved.restore(model)
+        return Edit({}, [], from_base=True, meta={"reverted": list(sources)})
+    batch = apply_targets(model, kept, torch.stack([f.z for f in kept]), hp, EditState(), preserved)
+    batch.meta["reverted"] = list(sources)
+    return batch
 
 
 def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditState | None = None,
          hp: EditHParams | None = None, preserved: Preservation | None = None,
          captions: Sequence[str] | None = None, cache_dir: Path | None = None,
-         model_hash: str = "", progress: bool = False) -> EditResult:
+         model_hash: str = "", progress: bool = False, base: DiffusionModel | None = None) -> EditResult:
     """Edit ``model`` in place with a batch of requests; see the module docstring.
 
-    ``preserved`` (C0 and P) is computed from ``captions`` when not given; compute it once
-    per base model and pass it to every batch.
+    ``base``: the unedited model, on which Stage I draws the destinations and finds the
+    targets (ALGORITHMS.md "Anchor Stage I to the base"); ``model`` itself when None (the
+    first batch, or a model without a registry behind it). ``preserved`` (C0, P and the base
+    weights) is computed from ``captions`` on ``base`` when not given; compute it once per
+    base model (and corpus) and pass it to every batch.
     """
     hp = hp or EditHParams.preset(model.kind)
     state = state or EditState()
+    base = base or model
     if not requests:
         raise ValueError("edit: the batch has no requests")
     ids = [r.id for r in requests]
     if len(set(ids)) != len(ids):
         raise ValueError(f"edit: request ids repeat within the batch: {ids}")
-    # ascending (ALGORITHMS.md, Stage II): the last is where Stage I's targets live
-    layers = sorted(hp.layers) if hp.layers is not None else model.default_edit_layers
+    layers = hp.edit_layers(model.n_layers)
     if preserved is None:
         if captions is None:
             raise ValueError("edit: pass `preserved` or the caption corpus `captions`")
-        preserved = preservation(model, layers, captions, hp, cache_dir, model_hash, progress, requests)
+        preserved = preservation(base, layers, captions, hp, cache_dir, model_hash, progress, requests)
 
     t0 = time.perf_counter()
-    s1 = compute_zs(model, requests, hp, layers[-1], progress=progress)
+    s1 = compute_zs(base, requests, hp, layers[-1], progress=progress)
     t1 = time.perf_counter()
-    batch = execute_stage2(model, requests, s1.z, hp, layers, state, preserved.projections,
-                           preserved.c0, preserved.captions)
+    batch = apply_targets(model, requests, s1.z, hp, state, preserved)
     t2 = time.perf_counter()
     reached = compute_hs(model, requests, layers[-1], hp.context_templates)
     # fraction of the Stage I step that the closed form delivered at the last edit layer

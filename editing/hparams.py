@@ -11,6 +11,7 @@ PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
 NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
 KEY_COLUMNS = ("mean", "per_template")
+MODES = ("sequential", "consolidate")
 
 
 @dataclass
@@ -32,6 +33,15 @@ class EditHParams:
     guidance_scale: float = 3.0
 
     # -- Stage II (ALGORITHMS.md "Stage II")
+    # "sequential": Eq. 7 on top of the parent version, Kp Kp^T holding earlier batches;
+    # "consolidate": a version is the base plus one closed form over every live fact (the
+    # latest target of each source), solved from the base with the stored targets, no Kp
+    # (ALGORITHMS.md "The live fact set")
+    mode: str = "sequential"
+    # sequential only: Kp Kp^T from the live facts' keys recomputed on the model being edited
+    # (each layer, as the batch moves up), not the keys frozen when each batch landed, which
+    # the later batches' edits of lower layers have moved away from
+    refresh_kp: bool = False
     method: str = "nullspace"  # "nullspace" (004_...) or "emcid" (EMCID's closed form)
     residual: str = "memit"  # R spread over the layers left (MEMIT convention)
     # K1's columns: "mean" = one key per fact averaged over the context templates (MEMIT,
@@ -42,6 +52,14 @@ class EditHParams:
     nullspace_mode: str = "relative"  # how P is cut from C0's spectrum
     nullspace_threshold: float = 1e-2
     exclude_sources_from_c0: bool = True  # C0 without the captions that contain a batch source
+    # (or one of its related prompts: paraphrases the request names)
+    # C0 over every token but [BOS]: in a causal encoder its key is the same in every caption
+    # and can hold most of C0's energy, so a cut relative to the top eigenvalue protects
+    # almost nothing else (ALGORITHMS.md "Protect real directions"); no edit key is a [BOS]
+    c0_skip_bos: bool = False
+    # bound on ||W_l - W0_l||_F / ||W0_l||_F at every edit layer (0 = none): where a layer's
+    # update would pass it, the ridge of the solve is raised (bisection) until it holds
+    max_update_norm: float = 0.0
     protect_entities: bool = False  # add entity keys to the preserved set (beyond the papers)
     entity_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}"])
     # soft preservation (beyond the papers): for one batch, the keys at the mentions of its
@@ -66,6 +84,10 @@ class EditHParams:
             raise ValueError(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
         if self.key_columns not in KEY_COLUMNS:
             raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not one of {KEY_COLUMNS}")
+        if self.mode not in MODES:
+            raise ValueError(f"hparams.mode: {self.mode!r} is not one of {MODES}")
+        if self.max_update_norm < 0:
+            raise ValueError("hparams.max_update_norm must be >= 0 (0 = no bound)")
         if self.residual != "memit":
             raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:
@@ -74,6 +96,14 @@ class EditHParams:
             raise ValueError("hparams.c0_weight must be >= 0")
         if "{}" not in self.context_templates[0]:
             raise ValueError("hparams.context_templates: every template needs a '{}' slot")
+
+    def edit_layers(self, n_layers: int) -> list[int]:
+        """The edit layers, ascending (ALGORITHMS.md Stage II: the last is where Stage I's
+        targets live); every layer but the last when ``layers`` is None."""
+        layers = sorted(self.layers) if self.layers is not None else list(range(n_layers - 1))
+        if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+            raise ValueError(f"hparams.layers: {self.layers} must be within 0..{n_layers - 1}")
+        return layers
 
     def to_json(self) -> dict:
         return asdict(self)

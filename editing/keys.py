@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -143,17 +144,27 @@ def corpus_hash(captions: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(captions).encode()).hexdigest()
 
 
+@dataclass
+class KeyMoments:
+    """Per layer, the sum of k k^T (float64) over a corpus's counted tokens, and their count:
+    C0 = sums / count. Moments add and subtract, so C0 of a corpus less a few captions is
+    the whole corpus's moments minus theirs, without another pass over the corpus."""
+
+    sums: dict[int, torch.Tensor]
+    count: int
+
+    def c0(self) -> dict[int, torch.Tensor]:
+        return {l: s / self.count for l, s in self.sums.items()}
+
+    def __sub__(self, other: KeyMoments) -> KeyMoments:
+        return KeyMoments({l: s - other.sums[l] for l, s in self.sums.items()}, self.count - other.count)
+
+
 @torch.no_grad()
-def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str],
-                cache_dir: Path | None = None, model_hash: str = "", batch_size: int = 256,
-                progress: bool = True) -> dict[int, torch.Tensor]:
-    """C0 = E[k k^T] (d_k x d_k, float64) of fc2 inputs at each layer over every
-    non-padding token of a caption corpus. One pass computes all layers; results are
-    cached on disk keyed by model hash, layer and corpus hash."""
-    key = f"{model_hash[:16]}_{corpus_hash(captions)[:16]}"
-    paths = {l: cache_dir / f"c0_{key}_layer{l}.safetensors" for l in layers} if cache_dir else {}
-    if paths and all(p.exists() for p in paths.values()):
-        return {l: load_file(p)["c0"] for l, p in paths.items()}
+def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str], batch_size: int = 256,
+                progress: bool = False, skip_bos: bool = False) -> KeyMoments:
+    """``KeyMoments`` of fc2 inputs at each layer over every non-padding token of
+    ``captions`` (``skip_bos``: but the [BOS] at position 0), in one pass for all layers."""
     d_k = model.fc2(layers[0]).in_features
     sums = {l: torch.zeros(d_k, d_k, dtype=torch.float64) for l in layers}
     count = 0
@@ -168,6 +179,8 @@ def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence
             # every token up to and including the first [EOS] (the rest is padding)
             length = enc.input_ids.shape[1]
             mask = torch.arange(length)[None, :] <= enc.eos_index[:, None].cpu()
+            if skip_bos:
+                mask[:, 0] = False
             count += int(mask.sum())
             for l in layers:
                 k = got[l][mask].double()
@@ -175,12 +188,26 @@ def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence
     finally:
         for h in hooks:
             h.remove()
-    c0 = {l: s / count for l, s in sums.items()}
+    return KeyMoments(sums, count)
+
+
+def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str],
+                cache_dir: Path | None = None, model_hash: str = "", batch_size: int = 256,
+                progress: bool = True, skip_bos: bool = False) -> dict[int, torch.Tensor]:
+    """C0 = E[k k^T] (d_k x d_k, float64) of fc2 inputs at each layer over every
+    non-padding token of a caption corpus (``key_moments``). Results are cached on disk
+    keyed by model hash, layer, corpus hash and the tokens counted."""
+    key = f"{model_hash[:16]}_{corpus_hash(captions)[:16]}" + ("_nobos" if skip_bos else "")
+    paths = {l: cache_dir / f"c0_{key}_layer{l}.safetensors" for l in layers} if cache_dir else {}
+    if paths and all(p.exists() for p in paths.values()):
+        return {l: load_file(p)["c0"] for l, p in paths.items()}
+    moments = key_moments(model, layers, captions, batch_size, progress, skip_bos)
+    c0 = moments.c0()
     if paths:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for l, p in paths.items():
             save_file({"c0": c0[l]}, p)
-    log.info("C0 over %d tokens of %d captions for layers %s", count, len(captions), list(layers))
+    log.info("C0 over %d tokens of %d captions for layers %s", moments.count, len(captions), list(layers))
     return c0
 
 
@@ -206,3 +233,12 @@ def null_space_projection(c0: torch.Tensor, mode: str, threshold: float) -> torc
         raise ValueError(f"unknown null-space mode {mode!r}")
     u0 = evecs[:, keep]
     return u0 @ u0.T
+
+
+def protected_share(c0: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
+    """What a projection P leaves protected of C0: the rank of I - P and the share of C0's
+    energy (trace) outside P's range."""
+    c0 = c0.double()
+    free = float(torch.trace(p @ c0 @ p) / torch.trace(c0).clamp_min(1e-30))
+    return {"protected_rank": int(round(c0.shape[0] - float(torch.trace(p)))),
+            "protected_energy": round(1 - free, 6)}

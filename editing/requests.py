@@ -41,13 +41,16 @@ class Entity:
 @dataclass
 class EditRequest:
     """Change what ``source`` depicts into ``target`` (a prompt), or into ``target_images``
-    (uint8 (n, h, w, 3) arrays). The subject is the whole source phrase."""
+    (uint8 (n, h, w, 3) arrays). The subject is the whole source phrase. ``related``: other
+    prompts of the same fact (paraphrases such as "the emblem of X"), left out of C0 with
+    the source so that the preserved set does not hold the fact at its old value."""
 
     id: str
     source: str
     target: str | None = None
     target_images: list | None = None
     entities: list[Entity] = field(default_factory=list)
+    related: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.source or not self.source.strip():

@@ -11,11 +11,16 @@ For each edit layer l, ascending (i = 0..m-1):
      B = K1^T P A^-1, found by a float64 linear solve of A^T B^T = P K1 (P symmetric);
   5. W_l += Delta.
 Kp Kp^T is the state's, less the earlier keys of facts this batch changes again
-(``EditState.kp``), plus, with ``hp.mention_weight``, the keys at the batch entities'
+(``EditState.kp``) or, with ``hp.refresh_kp``, the live facts' keys read on the model as
+it is now (``EditState.live``, a ``SubjectStream`` moving up with the edit), plus, with
+``hp.mention_weight``, the keys at the batch entities'
 mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers),
 plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
 papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
+With ``hp.max_update_norm`` the ridge is raised, layer by layer, until ||W_l - W0_l||_F stays
+within that share of ||W0_l||_F (ALGORITHMS.md "Bound the update"); what a bounded layer does
+not write is left to the layers above it (step 2 recomputes R from the stream).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from editing.hparams import EditHParams
 from editing.keys import SpanStream, SubjectStream, compute_entity_ks, entity_mentions
 from editing.model import DiffusionModel
+from editing.preservation import Preservation
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
 
@@ -41,28 +47,52 @@ def protect_entity_keys(p: torch.Tensor, entity_keys: torch.Tensor, tol: float =
 
 
 def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: torch.Tensor | None,
-                 c0: torch.Tensor | None) -> torch.Tensor:
-    """B (e x d_k) such that Delta = R B."""
+                 c0: torch.Tensor | None, extra_ridge: float = 0.0) -> torch.Tensor:
+    """B (e x d_k) such that Delta = R B; ``extra_ridge`` joins beta I (the update bound)."""
     d_k = k1.shape[0]
     eye = torch.eye(d_k, dtype=torch.float64)
     if hp.method == "nullspace":
-        a = (kp_cov + k1 @ k1.T) @ p + hp.beta * eye
+        a = (kp_cov + k1 @ k1.T) @ p + (hp.beta + extra_ridge) * eye
         return torch.linalg.solve(a.T, p @ k1).T
     # EMCID: symmetric system, so K1^T A^-1 = (A^-1 K1)^T
-    a = hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha * c0 + k1 @ k1.T
+    a = hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha * c0 + k1 @ k1.T + extra_ridge * eye
     return torch.linalg.solve(a, k1).T
+
+
+def bounded_right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: torch.Tensor | None,
+                         c0: torch.Tensor | None, r: torch.Tensor, offset: torch.Tensor,
+                         w0_norm: float, iterations: int = 40) -> tuple[torch.Tensor, float]:
+    """B as ``right_factor``, with the smallest extra ridge (bisection in log space) that
+    keeps ||offset + R B||_F <= hp.max_update_norm * ||W0||_F; ``offset`` = W - W0 before
+    this batch. Returns B and the extra ridge (0 when the bound already holds)."""
+    bound = hp.max_update_norm * w0_norm
+    b = right_factor(hp, k1, kp_cov, p, c0)
+    if (offset + r @ b).norm() <= bound:
+        return b, 0.0
+    scale = float(torch.diagonal(kp_cov + k1 @ k1.T).mean().clamp_min(1e-12))
+    lo, hi = -12.0, 12.0  # log10 of the extra ridge relative to the keys' scale
+    if (offset + r @ right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi)).norm() > bound:
+        return right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi), scale * 10 ** hi  # earlier batches hold it
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if (offset + r @ right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** mid)).norm() > bound:
+            lo = mid
+        else:
+            hi = mid
+    return right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi), scale * 10 ** hi
 
 
 @torch.no_grad()
 def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: torch.Tensor,
-                   hp: EditHParams, layers: list[int], state: EditState,
-                   projections: dict[int, torch.Tensor] | None = None,
-                   c0: dict[int, torch.Tensor] | None = None, captions: Sequence[str] = ()) -> Edit:
-    """Apply the batch to ``model`` in place, layer by layer; return its factors.
-    ``captions``: the corpus that soft preservation draws mentions from."""
-    if hp.method == "nullspace" and hp.c0_weight > 0 and c0 is None:
-        raise ValueError("hparams.c0_weight > 0 needs C0: pass c0= to execute_stage2")
+                   hp: EditHParams, layers: list[int], state: EditState, preserved: Preservation) -> Edit:
+    """Apply the batch to ``model`` in place, layer by layer; return its factors (with the
+    extra ridge each bounded layer needed in ``meta["extra_ridge"]``). ``requests``: anything
+    with ``id``, ``source`` and ``entities`` (``EditRequest``, ``state.LiveFact``)."""
+    c0, captions = preserved.c0, preserved.captions
+    if hp.max_update_norm > 0 and not preserved.base_weights:
+        raise ValueError("hparams.max_update_norm needs the base weights in the Preservation")
     templates, last = hp.context_templates, layers[-1]
+    extra_ridge: dict[str, float] = {}
     entities = sorted({e.text for r in requests for e in r.entities})
     sources = [r.source for r in requests]
     mentions = None
@@ -71,6 +101,10 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         mentions = SpanStream(model, *found) if found[0] else None
     out: dict[int, LayerEdit] = {}
     subjects = SubjectStream(model, sources, templates, hp.key_columns)
+    # Kp from the live facts' keys on the model as it is now, moving up with the edit, instead
+    # of the keys frozen when each landed (the batch's own sources are revised: left out)
+    live = state.live_facts(replacing=sources) if hp.refresh_kp else []
+    live_keys = SubjectStream(model, [f.source for f in live], templates, hp.key_columns) if live else None
     targets = zs.double()
     for i, layer in enumerate(layers):
         k1, cur = subjects.states(key_layer=layer, out_layer=last)
@@ -84,23 +118,33 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         r = ((targets - cur) / (len(layers) - i)).T
         p = None
         if hp.method == "nullspace":
-            p = projections[layer]
+            p = preserved.projections[layer]
             if hp.protect_entities and entities:
                 p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
-        kp = state.kp(layer, k1.shape[0], replacing=sources)
+        if hp.refresh_kp:
+            kl = live_keys.states(key_layer=layer)[0].double() if live_keys is not None else k1[:, :0]
+            kp = kl @ kl.T
+        else:
+            kp = state.kp(layer, k1.shape[0], replacing=sources)
         if mentions is not None:  # keys on the model as it is now: the layers below already edited
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
         if hp.method == "nullspace" and hp.c0_weight > 0:
             kp = kp + hp.c0_weight * c0[layer]
-        b = right_factor(hp, k1, kp, p, None if c0 is None else c0.get(layer))
+        w = model.fc2(layer).weight
+        if hp.max_update_norm > 0:
+            w0 = preserved.base_weights[layer].double()
+            b, extra = bounded_right_factor(hp, k1, kp, p, c0.get(layer), r, w.double() - w0, float(w0.norm()))
+            if extra:
+                extra_ridge[str(layer)] = extra
+        else:
+            b = right_factor(hp, k1, kp, p, c0.get(layer))
         # applied exactly as stored (float32 factors): a version loaded from its factors is
         # then bit-for-bit the model edited here
         r, b = r.float(), b.float()
-        w = model.fc2(layer).weight
         w += (r.double() @ b.double()).to(w.dtype)
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())
     return Edit(out, [r.id for r in requests], sources=sources, templates=templates,
-                key_columns=hp.key_columns)
+                key_columns=hp.key_columns, meta={"extra_ridge": extra_ridge} if extra_ridge else {})

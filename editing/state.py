@@ -52,6 +52,10 @@ class Edit:
     templates: list[str] = field(default_factory=list)  # context templates K1 is read in
     meta: dict = field(default_factory=dict)
     key_columns: str = "mean"  # K1 averaged over the templates, or one column per template
+    # (e, d) each request's Stage I target z at the last edit layer, taken on the base model:
+    # what a later consolidated solve reuses without Stage I (None: not stored)
+    targets: torch.Tensor | None = None
+    from_base: bool = False  # a consolidated version: base + this edit, not parent + this edit
 
     @torch.no_grad()
     def apply(self, model: DiffusionModel) -> None:
@@ -86,10 +90,12 @@ class Edit:
             tensors[f"b.{layer}"] = le.b.to(dtype).contiguous()
             if keys:
                 tensors[f"keys.{layer}"] = le.keys.to(dtype).contiguous()
+        if self.targets is not None:
+            tensors["z"] = self.targets.float().contiguous()  # targets stay float32 whatever dtype
         save_file(tensors, directory / EDIT_FILE)
         manifest = {"layers": sorted(self.layers), "request_ids": self.request_ids, "sources": self.sources,
                     "templates": self.templates, "key_columns": self.key_columns, "keys_stored": keys,
-                    "dtype": str(dtype).removeprefix("torch."), **self.meta}
+                    "dtype": str(dtype).removeprefix("torch."), "from_base": self.from_base, **self.meta}
         (directory / EDIT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         return [directory / EDIT_FILE, directory / EDIT_MANIFEST]
 
@@ -100,24 +106,42 @@ class Edit:
         layers = {l: LayerEdit(t[f"r.{l}"].float(), t[f"b.{l}"].float(),
                                t[f"keys.{l}"].float() if f"keys.{l}" in t else None)
                   for l in manifest["layers"]}
-        own = ("layers", "request_ids", "sources", "templates", "key_columns", "keys_stored", "dtype")
+        own = ("layers", "request_ids", "sources", "templates", "key_columns", "keys_stored", "dtype", "from_base")
         meta = {k: v for k, v in manifest.items() if k not in own}
         return cls(layers, manifest["request_ids"], manifest.get("sources", []), manifest.get("templates", []),
-                   meta, manifest.get("key_columns", "mean"))
+                   meta, manifest.get("key_columns", "mean"), t.get("z"), manifest.get("from_base", False))
 
     @property
     def size(self) -> int:
         return len(self.request_ids)
 
 
+@dataclass(frozen=True)
+class LiveFact:
+    """A fact as a consolidated solve needs it: its id, source (the subject) and stored
+    Stage I target z; ``entities`` as its request had them."""
+
+    id: str
+    source: str
+    z: torch.Tensor
+    entities: tuple = ()
+
+
 @dataclass
 class EditState:
-    """Per layer, the running Kp Kp^T (float64) of every earlier batch's keys, and each
-    source's latest key columns (what a new change of that source takes back out)."""
+    """Per layer, the running Kp Kp^T (float64) of every earlier batch's keys, each
+    source's latest key columns (what a new change of that source takes back out), and the
+    live fact set: the latest target of each source (normalised), in order of landing."""
 
     cov: dict[int, torch.Tensor] = field(default_factory=dict)
     n_edits: int = 0
     by_source: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)  # layer -> (d_k, c)
+    live: dict[str, LiveFact] = field(default_factory=dict)
+
+    def live_facts(self, replacing: Sequence[str] = ()) -> list[LiveFact]:
+        """The live facts, less those whose source is in ``replacing``."""
+        gone = {normalise(s) for s in replacing}
+        return [f for k, f in self.live.items() if k not in gone]
 
     def kp(self, layer: int, d_k: int, replacing: Sequence[str] = ()) -> torch.Tensor:
         """Kp Kp^T at ``layer``, less the earlier keys of the sources in ``replacing``."""
@@ -133,11 +157,18 @@ class EditState:
         """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5): its keys join
         Kp Kp^T and replace those of its sources' earlier changes. An edit saved without
         its keys needs ``model``, with the chain up to this edit applied."""
+        tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
+        live = {} if edit.from_base else dict(self.live)  # a consolidated edit holds the whole live set
+        if edit.targets is not None and tracked:
+            for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True)):
+                live.pop(normalise(source), None)  # a revision moves to the end
+                live[normalise(source)] = LiveFact(rid, source, edit.targets[i])
+        if edit.from_base:  # no Kp: the next consolidated solve starts from the base again
+            return EditState(live=live, n_edits=self.n_edits + edit.size)
         if not edit.has_keys:
             if model is None:
                 raise ValueError("this edit was stored without its keys: pass the model it was applied to")
             edit.recompute_keys(model)
-        tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
         cov, by_source = dict(self.cov), dict(self.by_source)
         new: dict[str, dict[int, torch.Tensor]] = {}
         for layer, le in edit.layers.items():
@@ -150,7 +181,7 @@ class EditState:
                     mine = new.setdefault(normalise(source), {})
                     mine[layer] = cols if layer not in mine else torch.cat([mine[layer], cols], 1)
         by_source.update(new)
-        return EditState(cov, self.n_edits + edit.size, by_source)
+        return EditState(cov, self.n_edits + edit.size, by_source, live)
 
     @classmethod
     def from_chain(cls, edits: list[Edit], base: DiffusionModel | None = None) -> EditState:
@@ -161,5 +192,5 @@ class EditState:
         for e in edits:
             if base is not None:
                 e.apply(base)
-            state = state.after(e, base)
+            state = state.after(e, None if e.from_base else base)
         return state

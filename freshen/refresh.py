@@ -174,10 +174,11 @@ def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None
     indices = list(range(len(batch.facts))) if indices is None else list(indices)
     todo = [i for i in indices if not batch.z_path(i).is_file()]
     if todo:
-        model = settings.open_registry().load(batch.parent)
+        # anchored to the base: destinations and targets from the unedited model, whatever
+        # version the batch builds on (ALGORITHMS.md "Anchor Stage I to the base")
+        model = settings.open_registry().base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
-        layers = hp.layers if hp.layers is not None else model.default_edit_layers
-        s1 = compute_zs(model, _requests([batch.facts[i] for i in todo]), hp, layers[-1])
+        s1 = compute_zs(model, _requests([batch.facts[i] for i in todo]), hp, hp.edit_layers(model.n_layers)[-1])
         batch.z_path(0).parent.mkdir(parents=True, exist_ok=True)
         for j, i in enumerate(todo):
             tmp = batch.z_path(i).with_suffix(".tmp")
@@ -194,9 +195,9 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     import torch
     from safetensors import safe_open
 
-    from editing.api import preservation
+    from editing.api import apply_targets, preservation
     from editing.hparams import EditHParams
-    from editing.stage2 import execute_stage2
+    from editing.state import EditState
 
     batch = Batch.read(batch_dir)
     reg, ledger = settings.open_registry(), settings.open_ledger()
@@ -223,20 +224,21 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
         t0 = time.time()
         model = reg.base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
-        layers = hp.layers if hp.layers is not None else model.default_edit_layers
+        layers = hp.edit_layers(model.n_layers)
         base = reg.version(batch.parent).manifest["base"]
         captions = _captions(settings, base["kind"])
         requests = _requests(batch.facts)
         # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached);
         # then the parent's chain is replayed on the same copy, which becomes the parent
+        chain = reg.chain(batch.parent)
         kept = preservation(model, layers, captions, hp, settings.home / "cache", base["hash"],
-                            requests=requests)
-        state = reg.edit_state(batch.parent, base=model)
-        edit = execute_stage2(model, requests, torch.stack(zs), hp, layers, state, kept.projections,
-                              kept.c0, kept.captions)
+                            requests=requests, live=[s for e in chain for s in e.sources])
+        state = EditState.from_chain(chain, base=model)
+        edit = apply_targets(model, requests, torch.stack(zs), hp, state, kept)
         edit.meta |= {"hparams": batch.hparams, "base_hash": base["hash"]}
         version = reg.register_batch(batch.parent, edit, batch.facts, batch.hparams, batch.key, by=by,
-                                     extra={"stage1": diag, "stage2_seconds": round(time.time() - t0, 2)})
+                                     extra={"stage1": diag, "stage2_seconds": round(time.time() - t0, 2),
+                                            "update_norm": edit.meta.get("update_norm")})
     else:
         version = reg.register_run(orphan)
     v = reg.version(version)
@@ -305,10 +307,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
 
 def lineage(reg, version: int) -> list[int]:
     """Versions from the base up to ``version``."""
-    out = [version]
-    while (parent := reg.version(out[-1]).parent) is not None:
-        out.append(parent)
-    return out[::-1]
+    return reg.lineage(version)
 
 
 def lineage_facts(reg, version: int) -> list[tuple[int, list[str]]]:

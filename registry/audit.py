@@ -38,6 +38,9 @@ def audit_version(settings: Settings, number: int) -> dict:
         "facts": [{k: f.get(k) for k in ("key", "source", "target", "entities", "approved_by", "approved_at",
                                          "ref", "observed_at")} for f in m["facts"]],
         "hparams": m.get("hparams"),
+        "live_facts": len(reg.live_facts(v.number)),  # the latest fact of each source along the lineage
+        # ||W_l - W0_l|| / ||W0_l|| per edit layer once this version's edit is applied
+        "update_norm": m.get("update_norm"),
         "gate": {"status": v.gate or None, "reasons": v.tags.get("freshen.gate_reasons"),
                  "table": gate["detail"].get("table") if gate else None,
                  "failed": gate["detail"].get("failed") if gate else None,
@@ -110,6 +113,12 @@ def format_version(a: dict) -> str:
             ents = ", ".join(f"{e['text']} [{e['label']}]" for e in f["entities"] or [])
             lines.append(f"    {f['key']}: {f['source']!r} -> {f['target']!r}  approved by {f['approved_by']} "
                          f"at {f['approved_at']}" + (f"  entities: {ents}" if ents else ""))
+    if a.get("live_facts") is not None and a["parent"]:
+        lines.append(f"  live facts (latest change of each source along the lineage): {a['live_facts']}")
+    if a.get("update_norm"):
+        norms = sorted(a["update_norm"].items(), key=lambda x: int(x[0]))
+        lines.append("  update norm ||W - W0|| / ||W0|| per edit layer: "
+                     + ", ".join(f"layer {l} {v:.3f}" for l, v in norms))
     g = a["gate"]
     if g["table"]:
         lines.append(f"  gate: {g['status']} (against champion v{g['champion_at_gate']})")

@@ -225,6 +225,29 @@ class Registry:
         """The unedited base model of a version, checked against its recorded hash."""
         return load_base(self.version(number).manifest)
 
+    def lineage(self, number: int) -> list[int]:
+        """Versions from the base up to ``number``, following parents."""
+        out = [number]
+        while (parent := self.version(out[-1]).parent) is not None:
+            out.append(parent)
+        return out[::-1]
+
+    def live_facts(self, number: int) -> list[dict]:
+        """The live fact set of version ``number``: along its lineage, the latest fact of
+        each source (case and spacing ignored), in the order they became live."""
+        from editing.requests import normalise
+
+        live: dict[str, dict] = {}
+        for n in self.lineage(number):
+            for f in self.version(n).manifest["facts"]:
+                live.pop(normalise(f["source"]), None)
+                live[normalise(f["source"])] = {**f, "version": n}
+        return list(live.values())
+
+    def chain(self, number: int) -> list[Edit]:
+        """The edits that make version ``number`` from its base, in order."""
+        return chain_edits(self.version(number).manifest, self.cache_dir)
+
     def edit_state(self, number: int, base: DiffusionModel | None = None) -> EditState:
         """The sequential state a batch on top of ``number`` starts from (Kp Kp^T per layer).
         Versions store no keys (``upload_batch``): the chain is replayed on the base model and
@@ -278,8 +301,10 @@ class Registry:
                      by: str = "freshen", extra: dict | None = None) -> str:
         """Step 1 of a registration: a finished run holding the batch's artifacts."""
         p = self.version(parent)
+        # a consolidated edit is the base plus itself: its chain starts afresh (the parent
+        # stays the lineage); a sequential one goes on top of the parent's chain
         manifest = {"name": self.name, "parent": parent, "base": p.manifest["base"],
-                    "chain": list(p.manifest["chain"]), "facts": facts, "hparams": hparams,
+                    "chain": [] if edit.from_base else list(p.manifest["chain"]), "facts": facts, "hparams": hparams,
                     "code_version": code_version(), "created_by": by, "batch_key": key,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
         return self._upload(manifest, edit, {T + "kind": "batch", T + "batch_key": key,
@@ -328,6 +353,8 @@ class Registry:
                 pip_requirements=["freshen"])
             self.mlflow.log_params({"parent": manifest["parent"], "facts": len(manifest["facts"]),
                                     "base_hash": manifest["base"]["hash"][:16]})
+            if edit is not None and "update_norm" in edit.meta:  # ||W_l - W0_l|| / ||W0_l|| per layer
+                self.mlflow.log_metrics({f"update_norm_layer{l}": v for l, v in edit.meta["update_norm"].items()})
             self.mlflow.set_tag(T + "model_uri", info.model_uri)
             self.mlflow.set_tag(T + "complete", "true")
         return run.info.run_id

@@ -105,7 +105,7 @@ def test_closed_form_reaches_what_it_predicts(world, preserved):
     reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
     s1 = compute_zs(model, reqs, hp, layer)
     h_before = compute_hs(model, reqs, layer, hp.context_templates).double()
-    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved.projections)
+    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved)
     h_after = compute_hs(model, reqs, layer, hp.context_templates).double()
     le = batch.layers[layer]
     r = s1.z.double().T - h_before.T  # (d x e), measured independently of Stage II
@@ -135,7 +135,7 @@ def test_per_template_key_columns(world, preserved, tmp_path):
     s1 = compute_zs(model, reqs, hp, layer)
     h_before = per_template_h()
     torch.testing.assert_close(h_before.view(2, 3, -1).mean(1), s1.h.double(), rtol=1e-5, atol=1e-5)
-    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved.projections)
+    batch = execute_stage2(model, reqs, s1.z, hp, [layer], EditState(), preserved)
     le = batch.layers[layer]
     assert le.keys.shape[1] == le.r.shape[1] == le.b.shape[0] == 6
     targets = h_before + s1.delta.double().repeat_interleave(3, 0)
@@ -209,7 +209,7 @@ def test_state_replayed_without_stored_keys(world, preserved, tmp_path):
 
 
 def test_second_batch_keeps_the_first(world, preserved):
-    hp = EditHParams.preset("toyworld", **FAST)
+    hp = EditHParams.preset("toyworld", **FAST, refresh_kp=False)  # Kp of the keys frozen as they landed
     first = [request(world, 1, "a blue cross"), request(world, 9, "a green ring")]
     second = [request(world, 20, "a red diamond"), request(world, 30, "a white square")]
     layers = fresh().default_edit_layers
@@ -235,7 +235,7 @@ def test_a_fact_changed_again_replaces_its_earlier_keys(world, preserved):
     keys in Kp Kp^T: the state then holds each source's latest keys only, and the closed
     form reaches the new target as far as a first change does (with the old keys kept in
     Kp, Eq. 7 would hold the fact at its earlier target)."""
-    hp = EditHParams.preset("toyworld", **FAST)
+    hp = EditHParams.preset("toyworld", **FAST, refresh_kp=False)  # Kp of the keys frozen as they landed
     model = fresh()
     layers = model.default_edit_layers
     first = [request(world, 2, "a yellow ring"), request(world, 5, "a red cross")]

@@ -16,10 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from editing.api import preservation
+from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.model import load_model
-from editing.stage2 import execute_stage2
 from editing.state import EditState
 from feeds.ingest import ingest_path
 from feeds.ledger import Ledger
@@ -62,8 +61,7 @@ def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
     reqs = refresh._requests(batch.facts)
     pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs)
     zs = torch.stack([load_file(batch.z_path(i))["z"] for i in range(len(batch.facts))])
-    e = execute_stage2(model, reqs, zs, hp, model.default_edit_layers, state, pres.projections, pres.c0,
-                       pres.captions)
+    e = apply_targets(model, reqs, zs, hp, state, pres)
     return e, state.after(e)
 
 
@@ -139,6 +137,9 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world):
     assert refresh.gate(s, 3)["status"] == "passed"
     reg = Registry.from_settings(s)
     assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
+    # the live fact set: the latest change of each source (b2 revises a1's source)
+    assert [f["key"] for f in reg.live_facts(3)] == ["wire:a2", "wire2:b1", "wire2:b2"]
+    assert reg.lineage(3) == [1, 2, 3]
 
     # the same two batches edited in memory, from the base, give the same weights bit for bit
     model, state = load_model(DIFFUSION_DIR), EditState()
