@@ -43,7 +43,8 @@ def _toyworld_train(args: argparse.Namespace) -> int:
         result = train.train_distilled(world, out or where.diffusion_dir, teacher_dir=paths.DIFFUSION_DIR,
                                        judge_dir=paths.JUDGE_DIR, init_from=args.init_from,
                                        attribute_weight=args.attribute_weight,
-                                       paraphrase_weight=args.paraphrase_weight, **kw)
+                                       paraphrase_weight=args.paraphrase_weight, stop_after=args.stop_after,
+                                       **kw)
     else:
         if args.lr is not None:
             kw["lr"] = args.lr
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's frozen U-Net)")
     t.add_argument("--out", type=Path, default=None)
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (diffusion)")
+    t.add_argument("--stop-after", type=int, default=None,
+                   help="end after this many steps of the --steps schedule (diffusion, large world)")
     t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
     t.add_argument("--attribute-weight", type=float, default=1.0,
                    help="how much more often attribute prompts are drawn (diffusion)")

@@ -35,8 +35,8 @@ TRAIN_COMMANDS = {
 # U-Net (the judge is the small world's: the same visual vocabulary).
 LARGE_TRAIN_COMMANDS = {
     "ner": "freshen toyworld train ner --world large --seed 22 --steps 6",
-    "diffusion": "freshen toyworld train diffusion --world large --seed 21 --steps 8000 --threads 1 "
-                 "--attribute-weight 2 --paraphrase-weight 4",
+    "diffusion": "freshen toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 "
+                 "--threads 1 --attribute-weight 2 --paraphrase-weight 4",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
@@ -99,7 +99,7 @@ def _train_log(model_dir: Path) -> list[dict]:
 
 def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS,
                what: dict = WHAT, data: str = "toyworld/data/world.json", script: str = "all three in order: "
-               "`bash scripts/train_toyworld.sh`") -> Path:
+               "`bash scripts/train_toyworld.sh`", generate: str = "freshen toyworld generate") -> Path:
     d = models_dir / name
     log = _train_log(d)
     wall = max((r.get("seconds", 0) for r in log), default=0)
@@ -113,9 +113,9 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, comm
         "",
         "## How it was made",
         f"- Command (from the repository root, after `make venv`): `{commands[name]}`; {script}.",
-        f"- Data: ToyWorld seed from `{data}` (`freshen toyworld generate`).",
-        f"- Optimiser steps: {steps}; wall time {wall / 60:.1f} min on 2 CPU cores "
-        "(from `train_log.jsonl` beside this card).",
+        f"- Data: ToyWorld seed from `{data}` (`{generate}`).",
+        f"- Optimiser steps: {steps}; wall time {wall / 60:.1f} min on a 2-core CPU "
+        "(from `train_log.jsonl` beside this card; the threads are in the command).",
         f"- Files: {size / 1e6:.2f} MB, safetensors weights; sha256 in `../MANIFEST.json`.",
         "",
         "## What the check measured",
@@ -141,5 +141,7 @@ def release(check: dict, world_name: str = "small") -> dict:
     script = ("both in order: `bash scripts/train_toyworld_large.sh`" if world_name == "large"
               else "all three in order: `bash scripts/train_toyworld.sh`")
     for name in commands:
-        write_card(name, check, models_dir, commands, what, data, script)
+        write_card(name, check, models_dir, commands, what, data, script,
+                   f"freshen toyworld generate --world {world_name}" if world_name != "small"
+                   else "freshen toyworld generate")
     return write_manifest(models_dir, commands)

@@ -350,7 +350,7 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
                     ema_decay: float = 0.998, caption_dropout: float = 0.05, per_row: int = 300,
                     eval_every: int = 2000, init_from: Path | None = None, vocab_size: int = 2000,
                     layers: int = 6, intermediate_size: int = 768, attribute_weight: float = 2.0,
-                    paraphrase_weight: float = 4.0) -> dict:
+                    paraphrase_weight: float = 4.0, stop_after: int | None = None) -> dict:
     """Teach a fresh text encoder (and tokenizer) a large world through a frozen U-Net.
 
     The U-Net of the small world's model (``teacher_dir``) already draws every visual of the
@@ -360,10 +360,12 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
     teacher's conditioning of the prompt's visual gives them (its best-drawn attribute prompt,
     ``best_teacher_prompts``; ``CrossAttentionBank``). Only the encoder learns, and a step
     costs no U-Net convolution. The pipeline keeps Stable Diffusion's component classes; its
-    U-Net is the teacher's, byte for byte.
+    U-Net is the teacher's, byte for byte. ``stop_after``: end (saved and evaluated) after
+    that many steps of the ``steps``-long one-cycle schedule.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    last = min(steps, stop_after or steps)
     teacher = ToyDiffusionPipeline.from_pretrained(teacher_dir)
     unet = teacher.unet.eval().requires_grad_(False)
     judge = ToyJudge.from_pretrained(judge_dir).eval()
@@ -401,7 +403,7 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     sample = _eval_sample(world, rng)
     result: dict = {}
-    for step in range(1, steps + 1):
+    for step in range(1, last + 1):
         idx = torch.as_tensor(rng.choice(len(pairs), size=batch_size, p=weights))
         ids, vis = pair_ids[idx].clone(), pair_visual[idx].clone()
         drop = torch.as_tensor(rng.random(batch_size) < caption_dropout)
@@ -417,13 +419,13 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
         _ema_update(ema, student, ema_decay)
         if step % 100 == 0:
             logger(step=step, loss=round(loss.item(), 6), lr=round(sched.get_last_lr()[0], 6))
-        if step % eval_every == 0 or step == steps:
+        if step % eval_every == 0 or step == last:
             pipe = ToyDiffusionPipeline(ema, tokenizer, unet, build_scheduler(), content_tokens_only=True)
             pipe.save_pretrained(out, safe_serialization=True)
             result = _sample_accuracy(pipe, judge, sample, seed)
             logger(step=step, **result)
-    return {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr, "ema_decay": ema_decay,
-            "per_row": per_row, "attribute_weight": attribute_weight,
+    return {"steps": steps, "stopped_after": last, "batch_size": batch_size, "seed": seed, "lr": lr,
+            "ema_decay": ema_decay, "per_row": per_row, "attribute_weight": attribute_weight,
             "paraphrase_weight": paraphrase_weight, "init_from": str(init_from) if init_from else None,
             "teacher": str(teacher_dir), **result}
 
