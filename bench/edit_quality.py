@@ -54,24 +54,21 @@ METHODS = {
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model
     "sequential": dict(mode="sequential", refresh_kp=True),
     "consolidate": dict(mode="consolidate"),  # base + one solve over the live set
-    "emcid-alpha": dict(mode="sequential", method="emcid", max_update_norm=0.0),  # EMCID's published form
+    "emcid-alpha": dict(mode="sequential", method="emcid"),  # EMCID's published form
     # EMCID's C0 term inside Eq. 7 with P = I and beta 0: EMCID with the memory of earlier batches
-    "emcid-alpha+memory": dict(mode="sequential", nullspace_mode="none", c0_weight=40.0, beta=0.0,
-                               max_update_norm=0.0),
-    "no-nullspace": dict(mode="sequential", nullspace_mode="none", max_update_norm=0.0),
-    # variants of the choices the preset makes, one at a time
+    "emcid-alpha+memory": dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
+                               beta=0.0),
+    "no-nullspace": dict(mode="sequential", refresh_kp=True, nullspace_mode="none"),
+    # the preservation choices one at a time: C0 without [BOS] and the energy cut
+    "sequential-energy": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",
+                              nullspace_threshold=1e-2),
     "sequential-energy3": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",
                                nullspace_threshold=3e-2),
-    "sequential-templates": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",
-                                 nullspace_threshold=1e-2,
-                                 context_templates=["{}", "a photo of {}", "an image of {}"]),
-    "consolidate-relative": dict(mode="consolidate", c0_skip_bos=True, nullspace_mode="relative",
-                                 nullspace_threshold=1e-2),
     "consolidate-energy": dict(mode="consolidate", c0_skip_bos=True, nullspace_mode="energy",
                                nullspace_threshold=1e-2),
-    # the earlier preset (until 2026-12): C0 with [BOS], relative cut, no bound
-    "sequential-relative": dict(mode="sequential", c0_skip_bos=False, nullspace_mode="relative",
-                                nullspace_threshold=1e-2, max_update_norm=0.0),
+    "sequential-energy-templates": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True,
+                                        nullspace_mode="energy", nullspace_threshold=1e-2,
+                                        context_templates=["{}", "a photo of {}", "an image of {}"]),
 }
 REVISION_SHARE = 0.25  # at most this share of a stream's changes revise an earlier one
 
@@ -208,7 +205,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]),
                        load_model(where.diffusion_dir)) for name in methods}
     results: dict = {
-        "command": command, "preset": preset_name(preset), "seed": seed,
+        "command": command, "preset": "preset", "preset_hparams": preset.to_json(), "seed": seed,
         "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
                   "facts": len(world.facts), "editable_facts": len(pool), "reserved_facts": len(reserved)},
         "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps, "seeds": seeds,
@@ -309,11 +306,6 @@ def stage1_settings(hp: EditHParams) -> dict:
     return {k: getattr(hp, k) for k in keys}
 
 
-def preset_name(hp: EditHParams) -> str:
-    """The method the ToyWorld preset is, in this benchmark's names."""
-    return "consolidate" if hp.mode == "consolidate" else "sequential"
-
-
 def chart(results: dict, path: Path) -> Path:
     """Efficacy, specificity (vs unedited) and FID change against edits, one line per method."""
     import matplotlib
@@ -350,7 +342,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0, help="draws the stream (another seed, another stream)")
-    ap.add_argument("--methods", default="preset,sequential,consolidate,emcid-alpha,emcid-alpha+memory,no-nullspace")
+    ap.add_argument("--methods", default="preset,sequential,consolidate,emcid-alpha,emcid-alpha+memory,no-nullspace,"
+                                         "sequential-energy")
     ap.add_argument("--max-edits-for", default="", help="METHOD=N,...: stop a method after N edits")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
     ap.add_argument("--stage1-cache", type=Path, default=None,

@@ -253,8 +253,10 @@ def test_a_fact_changed_again_replaces_its_earlier_keys(world, preserved):
     edit(model_kept, first, hp=hp, preserved=preserved)
     r2_kept = edit(model_kept, again, kept, hp=hp, preserved=preserved)
     reached, reached_kept = r2.diagnostics[0]["reached"], r2_kept.diagnostics[0]["reached"]
-    # measured on the shipped model: 0.98 replacing, 0.70 keeping the earlier keys
-    assert reached > 0.9 and reached > reached_kept + 0.1, (reached, reached_kept)
+    first_reached = r1.diagnostics[0]["reached"]
+    # measured on the shipped model: 0.98 replacing, 0.70 keeping the earlier keys; with the energy
+    # cut (nullspace_mode "energy", 1%): 0.78 replacing, 0.58 keeping, 0.74 for the first change
+    assert reached > first_reached - 0.05 and reached > reached_kept + 0.1, (reached, reached_kept, first_reached)
 
 
 def test_same_seed_same_edit(world, preserved):

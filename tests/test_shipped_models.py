@@ -81,3 +81,24 @@ def test_diffusion_model_draws_attribute_prompts(world, toy_model, judge):
     images = toy_model.generate([p for p, _ in pairs], seed=0)
     seen = judge.classify(images)
     assert sum(a == v for a, (_, v) in zip(seen, pairs, strict=True)) / len(pairs) >= 0.75
+
+
+def test_the_large_world_models_match_their_manifest_and_share_the_small_unet():
+    """The large world ships its own NER and diffusion model (tokenizer and encoder of its
+    own, the small model's U-Net unchanged), with cards, check and manifest."""
+    large = paths.world_paths("large").models_dir
+    manifest = json.loads((large / "MANIFEST.json").read_text())
+    assert set(manifest) == {"diffusion", "ner"}
+    for name, files in manifest.items():
+        on_disk = {str(p.relative_to(large)) for p in shipped_files(large / name)}
+        assert set(files) == on_disk, name
+        for rel, digest in files.items():
+            assert file_sha256(large / rel) == digest, rel
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert file_sha256(large / "diffusion" / unet) == file_sha256(paths.DIFFUSION_DIR / unet)
+    total = sum(p.stat().st_size for p in large.rglob("*") if p.is_file())
+    assert total < 30e6 and not [p for p in large.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    check = json.loads((large / "check.json").read_text())
+    assert check["entities"] >= 1000 and check["concepts"] >= 1000
+    card = (large / "diffusion" / "README.md").read_text()
+    assert "--world large" in card and f"`concept_accuracy`: {check['concept_accuracy']}" in card
