@@ -54,6 +54,9 @@ def apply_targets(model: DiffusionModel, facts: Sequence[EditRequest | LiveFact]
     layer, ||W_l - W0_l|| / ||W0_l|| afterwards (``meta["update_norm"]``)."""
     layers = hp.edit_layers(model.n_layers)
     if hp.mode == "consolidate":
+        if not preserved.base_weights:
+            raise ValueError("apply_targets: mode 'consolidate' starts from the base weights; build the "
+                             "Preservation with editing.preservation.preservation on the base model")
         kept = state.live_facts(replacing=[f.source for f in facts])
         facts = [*kept, *facts]
         zs = torch.cat([torch.stack([f.z for f in kept]).to(zs), zs]) if kept else zs

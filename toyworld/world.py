@@ -193,8 +193,8 @@ class World:
 
     def heldout_fact_prompts(self, facts: list[Fact] | None = None) -> list[tuple[str, Visual]]:
         """One (context, fact) combination per fact that training never saw."""
-        return [(f.heldout_context.format(f.prompt), f.visual) for f in self.facts if facts is None
-                or f in facts]
+        keep = None if facts is None else {f.id for f in facts}
+        return [(f.heldout_context.format(f.prompt), f.visual) for f in self.facts if keep is None or f.id in keep]
 
     def heldout_paraphrase_prompts(self, facts: list[Fact] | None = None) -> list[tuple[str, Visual]]:
         return [(p, f.visual) for f in (self.facts if facts is None else facts)
