@@ -61,7 +61,7 @@ def ner_f1(model_dir: Path | str, rows: list[dict]) -> float:
 
 # The large world's check samples this many held-out prompts of each kind (fixed by the
 # check's seed), so that it stays under five minutes on 2 CPU cores.
-LARGE_SAMPLE = 500
+LARGE_SAMPLE = 300
 
 
 def _sample(pairs: list, n: int | None, seed: int) -> list:
