@@ -37,20 +37,20 @@ SETTINGS = [
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=0.01),
     dict(nullspace_mode="energy", nullspace_threshold=1e-3, beta=1.0),
     dict(nullspace_mode="energy", nullspace_threshold=1e-4, beta=1.0),
-    # session 4: where the keys are read (the preset reads the bare prompt only)
+    # 2026-11-24: where the keys are read (the preset reads the bare prompt only)
     dict(layers=[2], context_templates=THREE_TEMPLATES),
     dict(layers=[1, 2], context_templates=THREE_TEMPLATES),
     dict(context_templates=THREE_TEMPLATES),
-    # session 5: one key column per (fact, template) instead of their mean
+    # 2026-11-24: one key column per (fact, template) instead of their mean
     dict(context_templates=THREE_TEMPLATES, key_columns="per_template"),
     dict(protect_entities=True),
     dict(context_templates=THREE_TEMPLATES, key_columns="per_template", protect_entities=True),
-    # session 6: soft preservation of the batch entities' mentions in the corpus
+    # 2026-11-24: soft preservation of the batch entities' mentions in the corpus
     dict(mention_weight=0.1),
     dict(mention_weight=1.0),
     dict(mention_weight=10.0),
     dict(context_templates=THREE_TEMPLATES, key_columns="per_template", mention_weight=1.0),
-    # session 6: EMCID's lambda on ToyWorld (4000 is the published value, for SD)
+    # 2026-11-24: EMCID's lambda on ToyWorld (4000 is the published value, for SD)
     dict(method="emcid", emcid_lambda=4000.0),
     dict(method="emcid", emcid_lambda=400.0),
     dict(method="emcid", emcid_lambda=40.0),
@@ -58,7 +58,7 @@ SETTINGS = [
     dict(method="emcid", emcid_lambda=0.4),
     dict(mention_weight=0.01),
     dict(mention_weight=0.03),
-    # session 7: EMCID's C0 term inside the null-space solve (and with P = I: EMCID + memory)
+    # 2026-11-28: EMCID's C0 term inside the null-space solve (and with P = I: EMCID + memory)
     dict(c0_weight=40.0),
     dict(c0_weight=400.0),
     dict(c0_weight=4000.0),

@@ -180,6 +180,16 @@ def train_ner(world: World, out: Path, epochs: int = 6, batch_size: int = 32, se
 
 
 # -- diffusion -------------------------------------------------------------
+def pair_weights(world: World, pairs: list, attribute_weight: float, paraphrase_weight: float) -> np.ndarray:
+    """How often each training pair is drawn (normalised): attribute prompts (in any context)
+    ``attribute_weight`` times, training paraphrases ``paraphrase_weight`` times, the rest once."""
+    attribute_prompts = {p for p, _ in world.attribute_prompts()}
+    paraphrases = {p for f in world.facts for p in f.paraphrases}
+    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts)
+                        else paraphrase_weight if p in paraphrases else 1.0 for p, _ in pairs])
+    return weights / weights.sum()
+
+
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -222,11 +232,7 @@ def train_diffusion(world: World, out: Path, steps: int = 8000, batch_size: int 
     scheduler = build_scheduler()
     ema_te, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     pairs = world.training_prompts()
-    attribute_prompts = {p for p, _ in world.attribute_prompts()}
-    paraphrases = {p for f in world.facts for p in f.paraphrases}
-    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts)
-                        else paraphrase_weight if p in paraphrases else 1.0 for p, _ in pairs])
-    weights /= weights.sum()
+    weights = pair_weights(world, pairs, attribute_weight, paraphrase_weight)
     visual_index = {v: i for i, v in enumerate(world.visuals)}
     pair_visual = torch.tensor([visual_index[v] for _, v in pairs])
     tok = lambda ps: tokenizer(ps, padding="max_length", truncation=True,  # noqa: E731
@@ -389,11 +395,7 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
            bank_samples=len(bank.rows))
 
     pairs = world.training_prompts()
-    attribute_prompts = {p for p, _ in world.attribute_prompts()}
-    paraphrases = {p for f in world.facts for p in f.paraphrases}
-    weights = np.array([attribute_weight if any(p.endswith(a) for a in attribute_prompts)
-                        else paraphrase_weight if p in paraphrases else 1.0 for p, _ in pairs])
-    weights /= weights.sum()
+    weights = pair_weights(world, pairs, attribute_weight, paraphrase_weight)
     pair_visual = torch.tensor([visual_index[v] for _, v in pairs])
     tok = lambda ps: tokenizer(ps, padding="max_length", truncation=True,  # noqa: E731
                                max_length=tokenizer.model_max_length, return_tensors="pt")["input_ids"]
