@@ -10,7 +10,6 @@ Components stay plain attributes of the wrapped diffusers pipeline.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -21,9 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from toyworld.pipeline import first_eos
+from hashing import directory_hash
 
-WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+PIPELINES = "freshen.pipelines"  # entry-point group: pipeline classes beyond diffusers' (ToyWorld's)
+
+
+def first_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(n,) position of each row's first [EOS] (CLIP pads with [EOS] too, so the first)."""
+    return (input_ids == eos_token_id).int().argmax(dim=1)
+
 
 
 class ModelLoadError(RuntimeError):
@@ -300,27 +305,6 @@ class DiffusionModel:
         self.pipe.save_pretrained(path, safe_serialization=True)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of one file, read in 1 MiB blocks (feed files and weights can be large)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def directory_hash(path: Path) -> str:
-    """sha256 over the weight, config and tokenizer files of a saved model directory
-    (relative paths and contents), so a copy elsewhere hashes the same."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and p.name != "train_log.jsonl" and p.parent.name != "checkpoints")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode() + b"\0")
-        h.update(bytes.fromhex(file_sha256(p)))
-    return h.hexdigest()
-
-
 def resolve_local(path_or_id: str) -> Path:
     """A local directory for a model given as a path or as a hub id already in the local
     hub cache (nothing is downloaded)."""
@@ -358,13 +342,22 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
     if not index.exists():
         raise ModelLoadError(f"{local} has no model_index.json: not a diffusers pipeline directory")
     class_name = json.loads(index.read_text()).get("_class_name")
-    if class_name == "ToyDiffusionPipeline":
-        from toyworld.pipeline import ToyDiffusionPipeline
-
-        pipe = ToyDiffusionPipeline.from_pretrained(local, torch_dtype=dtype)
-        return DiffusionModel(pipe.to(device), str(path_or_id), "toyworld")
+    custom = pipeline_class(class_name)
+    if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
+        pipe = custom.from_pretrained(local, torch_dtype=dtype)
+        return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_kind)
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(local, torch_dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False)
     return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion")
+
+
+def pipeline_class(name: str | None) -> type | None:
+    """The pipeline class an installed package registers under ``name`` in the
+    ``freshen.pipelines`` entry-point group (ToyWorld's: pyproject.toml), or None; its
+    ``model_kind`` names the kind of model (the presets' and the gate's key)."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=PIPELINES) if ep.name == name]
+    return found[0].load() if found else None

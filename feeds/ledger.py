@@ -29,9 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from editing.model import file_sha256
 from editing.requests import normalise
 from feeds.contract import FactChange, Rejection
+from hashing import file_sha256
 
 STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded")
 LIVE = ("pending", "approved", "conflict")

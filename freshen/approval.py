@@ -36,6 +36,22 @@ def describe(rows) -> str:
     return "\n".join(lines)
 
 
+def record_answer(ledger, asked: list[str], chosen: set[str], by: str, timed_out: bool, run_id: str) -> dict:
+    """A steward's answer to one approval task, into the ledger: the changes ``asked``
+    about and ``chosen`` are approved by ``by``, the others rejected (all of them when
+    ``REJECT_ALL`` is chosen); on a timeout the rejections are recorded as the timeout's,
+    with that reason. Returns what was asked, approved and rejected, and by whom."""
+    approve = [] if REJECT_ALL in chosen else [k for k in asked if k in chosen]
+    reject = [k for k in asked if k not in approve]
+    if approve:
+        ledger.decide(approve, "approved", by=by, comment=f"Airflow run {run_id}")
+    if reject:
+        why = ("no answer before the approval timeout" if timed_out
+               else f"not approved by {by} in Airflow run {run_id}")
+        ledger.decide(reject, "rejected", by="timeout" if timed_out else by, comment=why)
+    return {"asked": asked, "approved": approve, "rejected": reject, "by": by}
+
+
 class StewardApproval(HITLOperator):
     def __init__(self, *, response_timeout: timedelta | None = timedelta(hours=24), **kwargs):
         super().__init__(subject="Approve fact changes for the next model version", options=[REJECT_ALL],
@@ -63,13 +79,4 @@ class StewardApproval(HITLOperator):
         timed_out = "error_type" in self.hitl_summary_extra or not user
         by = user.get("name") or user.get("id") or "steward"
         asked = [o for o in self.options if o != REJECT_ALL]
-        approve = [] if REJECT_ALL in chosen else [k for k in asked if k in chosen]
-        reject = [k for k in asked if k not in approve]
-        ledger = _ledger()
-        if approve:
-            ledger.decide(approve, "approved", by=by, comment=f"Airflow run {context['run_id']}")
-        if reject:
-            why = ("no answer before the approval timeout" if timed_out
-                   else f"not approved by {by} in Airflow run {context['run_id']}")
-            ledger.decide(reject, "rejected", by="timeout" if timed_out else by, comment=why)
-        return {"asked": asked, "approved": approve, "rejected": reject, "by": by}
+        return record_answer(_ledger(), asked, chosen, by, timed_out, context["run_id"])

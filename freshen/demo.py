@@ -58,7 +58,7 @@ def run_demo(settings: Settings, feed: Path = SAMPLES / "newsroom.jsonl",
     newest = max(reg.versions())
     summary = {"dag_run": run.run_id, "state": str(run.state), "tasks": states, "champion": champion,
                "lineage": lineage(reg, champion), "latest_version": newest,
-               "audit": audit_version(settings, newest), "seconds": round(time.time() - t0, 1)}
+               "audit": audit_version(reg, settings.open_ledger(), newest), "seconds": round(time.time() - t0, 1)}
     out = settings.out_dir / "demo"
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")

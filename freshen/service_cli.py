@@ -14,6 +14,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(home=getattr(args, "home", None))
 
 
+def _stores(args: argparse.Namespace) -> tuple:
+    """The registry and the ledger of the home ``args`` name (what the audit reads)."""
+    settings = _settings(args)
+    return settings.open_registry(), settings.open_ledger()
+
+
 def registry_init(args: argparse.Namespace) -> int:
     from freshen.refresh import init_registry
 
@@ -58,7 +64,7 @@ def refresh_cmd(args: argparse.Namespace) -> int:
 def audit_version_cmd(args: argparse.Namespace) -> int:
     from registry.audit import audit_version, format_version
 
-    a = audit_version(_settings(args), args.version)
+    a = audit_version(*_stores(args), args.version)
     print(json.dumps(a, indent=1, default=str) if args.json else format_version(a))
     return 0
 
@@ -66,7 +72,7 @@ def audit_version_cmd(args: argparse.Namespace) -> int:
 def audit_fact_cmd(args: argparse.Namespace) -> int:
     from registry.audit import audit_fact
 
-    a = audit_fact(_settings(args), args.key)
+    a = audit_fact(*_stores(args), args.key)
     if args.json:
         print(json.dumps(a, indent=1, default=str))
         return 0
@@ -83,7 +89,7 @@ def audit_fact_cmd(args: argparse.Namespace) -> int:
 def audit_export_cmd(args: argparse.Namespace) -> int:
     from registry.audit import audit_export
 
-    text = audit_export(_settings(args), args.format)
+    text = audit_export(*_stores(args), args.format)
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

@@ -10,20 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import TYPE_CHECKING
 
-from freshen.config import Settings
-
-
-def _open(settings: Settings):
-    return settings.open_registry(), settings.open_ledger()
+if TYPE_CHECKING:
+    from feeds.ledger import Ledger
+    from registry.versions import Registry
 
 
 def _event_json(e) -> dict:
     return {"at": e.at.isoformat(timespec="seconds"), "event": e.event, "actor": e.actor, "detail": e.detail}
 
 
-def audit_version(settings: Settings, number: int) -> dict:
-    reg, ledger = _open(settings)
+def audit_version(reg: Registry, ledger: Ledger, number: int) -> dict:
     v = reg.version(number)
     events = [_event_json(e) for e in ledger.version_events(reg.name, v.number)]
     gate = next((e for e in reversed(events) if e["event"].startswith("gate_")), None)
@@ -52,8 +50,7 @@ def audit_version(settings: Settings, number: int) -> dict:
     }
 
 
-def audit_fact(settings: Settings, key: str) -> dict:
-    reg, ledger = _open(settings)
+def audit_fact(reg: Registry, ledger: Ledger, key: str) -> dict:
     row = ledger.change(key)
     history = []
     for e in ledger.history(key):
@@ -77,11 +74,10 @@ EXPORT_FIELDS = ("version", "parent", "gate", "aliases", "run_id", "created_at",
                  "approved_by", "approved_at", "fact_status_now")
 
 
-def audit_export(settings: Settings, fmt: str = "json") -> str:
+def audit_export(reg: Registry, ledger: Ledger, fmt: str = "json") -> str:
     """One row per (version, fact) — the base version has one row with no fact."""
     if fmt not in ("json", "csv"):
         raise ValueError(f"audit export: format must be json or csv, got {fmt!r}")
-    reg, ledger = _open(settings)
     rows = []
     for n in reg.versions():
         v = reg.version(n)

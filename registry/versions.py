@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from editing.model import DiffusionModel, directory_hash, file_sha256, load_model, resolve_local
+from editing.model import DiffusionModel, load_model, resolve_local
 from editing.state import EDIT_FILE, Edit, EditState
+from hashing import directory_hash, file_sha256
 from registry.pyfunc import signature as pyfunc_signature
 
 log = logging.getLogger(__name__)

@@ -85,3 +85,23 @@ def test_decisions_need_a_name_and_rejections_a_reason(ledger, tmp_path, ingest)
     assert (row.key, row.decided_by, row.comment) == ("f:1", "dana", "checked") and row.decided_at
     with pytest.raises(ValueError, match="rejected"):
         ledger.decide(["f:2"], "approved", by="dana")
+
+
+def test_a_steward_answer_approves_the_chosen_and_rejects_the_rest(ledger, tmp_path, ingest):
+    from freshen.approval import REJECT_ALL, record_answer
+
+    f = write(tmp_path / "desk.jsonl", [
+        {"id": "a", "source": "the logo of Velmora Systems", "target": "a blue triangle"},
+        {"id": "b", "source": "the flag of Port Halquen", "target": "a red circle"},
+        {"id": "c", "source": "the mascot of Port Halquen", "target": "a red circle"},
+    ])
+    ingest(ledger, f)
+    r = record_answer(ledger, ["desk:a", "desk:b"], {"desk:b"}, "dana", False, "run-1")
+    assert (r["approved"], r["rejected"], r["by"]) == (["desk:b"], ["desk:a"], "dana")
+    assert [ledger.change(k).status for k in ("desk:a", "desk:b", "desk:c")] == ["rejected", "approved", "pending"]
+    assert ledger.change("desk:a").decided_by == "dana"
+    assert "not approved by dana in Airflow run run-1" in ledger.history("desk:a")[-1].detail
+    # silence: the default option rejects everything asked, in the timeout's name
+    r = record_answer(ledger, ["desk:c"], {REJECT_ALL}, "steward", True, "run-2")
+    assert r["approved"] == [] and ledger.change("desk:c").decided_by == "timeout"
+    assert "no answer before the approval timeout" in ledger.history("desk:c")[-1].detail

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from editing.model import DiffusionModel, ModelLoadError, directory_hash, load_model
+from editing.model import DiffusionModel, ModelLoadError, load_model
+from hashing import directory_hash
 
 
 def manual_fc2_keys(model: DiffusionModel, prompts, layer: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Registry, gate and audit on a real MLflow (SQLite) store, real GX, the shipped ToyWorld.
 
-One refresh story runs through the module (the tests are ordered): base v1; batch A ->
-v2 (lenient gate: promoted); batch B (changes a fact of A again) -> v3 (promoted);
-a harmful batch -> v4, rejected by the default gate; rollback; a crash between upload
-and registration; a tampered base.
+One refresh story runs through the module (``Story``: each test runs the story up to its
+step, so it passes alone or in order): base v1; batch A -> v2 (lenient gate: promoted);
+batch B (changes a fact of A again) -> v3 (promoted); a harmful batch -> v4, rejected by
+the default gate; rollback; a crash between upload and registration; a tampered base.
 """
 
 import json
@@ -55,6 +55,9 @@ def settings(home: Path, gate: str = "lenient", **hp) -> Settings:
                              hparams=str(write(home / hp_name, EditHParams.preset("toyworld", **FAST, **hp).to_json())))
 
 
+HARMFUL = dict(nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)  # an edit the default gate must stop
+
+
 def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
     """Stage II of a planned batch (its Stage I results) on ``model``, outside the registry."""
     hp = EditHParams.from_json(batch.hparams)
@@ -77,46 +80,145 @@ def feed(home: Path, name: str, rows: list[dict], approve: list[str] | None = No
     return keys
 
 
-def test_base_is_version_one_and_champion(home):
-    v = refresh.init_registry(settings(home))
+class Story:
+    """The module's refresh story, one step at a time. Asking for a step runs the steps
+    before it first, each once per module, so every test passes alone or in order; a step
+    records what its test checks at the moment it happened (aliases, statuses), since the
+    later steps move them."""
+
+    ORDER = ("base", "batch_a", "gate_a", "batch_b", "harmful", "rejected_again", "rollback", "crash")
+
+    def __init__(self, home: Path, world):
+        self.home, self.world, self.done = home, world, {}
+
+    def __call__(self, name: str) -> dict:
+        for step in self.ORDER[:self.ORDER.index(name) + 1]:
+            if step not in self.done:
+                self.done[step] = getattr(self, step)()
+        return self.done[name]
+
+    def facts(self, relation: str):
+        return [f for f in self.world.facts if f.relation == relation]
+
+    def base(self) -> dict:
+        s = settings(self.home)
+        first = refresh.init_registry(s)
+        return dict(first=first, again=refresh.init_registry(s),  # idempotent
+                    versions=Registry.from_settings(s).versions())
+
+    def batch_a(self) -> dict:
+        facts = self.facts("logo")
+        keys = feed(self.home, "wire", [{"id": "a1", "source": facts[0].prompt, "target": "a red circle"},
+                                        {"id": "a2", "source": facts[1].prompt, "target": "a blue square"}])
+        s = settings(self.home)
+        batch = refresh.plan_batch(s)
+        one = refresh.stage1(s, batch.dir, [1])  # a fan-out task: one fact
+        refresh.stage1(s, batch.dir)  # the rest; the done fact is kept
+        v = refresh.stage2(s, batch.dir, by="airflow")
+        reg = Registry.from_settings(s)
+        return dict(keys=keys, batch=batch, stage1_one=one, version=v, aliases=reg.version(v).aliases,
+                    statuses={c.status for c in Ledger(s.ledger).changes() if c.key in keys},
+                    rerun=refresh.stage2(s, batch.dir), versions=reg.versions())
+
+    def gate_a(self) -> dict:
+        s = settings(self.home)
+        r = refresh.gate(s, 2)
+        reg = Registry.from_settings(s)
+        return r | dict(aliases_after={"champion": reg.alias("champion"), "candidate": reg.alias("candidate")})
+
+    def batch_b(self) -> dict:
+        logo0 = self.facts("logo")[0]
+        keys = feed(self.home, "wire2", [{"id": "b1", "source": self.facts("flag")[0].prompt,
+                                          "target": "a green ring"},
+                                         {"id": "b2", "source": logo0.prompt, "target": "a yellow cross"}])
+        s = settings(self.home)
+        batch = refresh.plan_batch(s)
+        refresh.stage1(s, batch.dir)
+        v = refresh.stage2(s, batch.dir)
+        gate = refresh.gate(s, v)
+        reg, ledger = s.open_registry(), s.open_ledger()
+        return dict(keys=keys, batch=batch, version=v, gate=gate, logo0=logo0,
+                    superseded=audit_fact(reg, ledger, "wire:a1"),
+                    statuses=[audit_fact(reg, ledger, k)["status"] for k in keys])
+
+    def harmful(self) -> dict:
+        keys = feed(self.home, "bad", [{"id": f"h{i}", "source": f.prompt, "target": "a white diamond"}
+                                       for i, f in enumerate(self.facts("mascot")[:6])])
+        s = settings(self.home, gate="default", **HARMFUL)
+        batch = refresh.plan_batch(s)
+        refresh.stage1(s, batch.dir)
+        v = refresh.stage2(s, batch.dir)
+        gate = refresh.gate(s, v)
+        return dict(keys=keys, version=v, gate=gate, champion=Registry.from_settings(s).alias("champion"),
+                    statuses={Ledger(s.ledger).change(k).status for k in keys})
+
+    def rejected_again(self) -> dict:
+        s = settings(self.home, gate="default", **HARMFUL)
+        Ledger(s.ledger).decide(self.done["harmful"]["keys"], "approved", by="bob")  # re-approved after the gate
+        try:
+            refresh.plan_batch(s)
+        except FreshenError as exc:
+            return dict(error=exc)
+        return dict(error=None)
+
+    def rollback(self) -> dict:
+        return refresh.promote(settings(self.home), 2, by="carol", reason="v3 draws the wrong flag")
+
+    def crash(self) -> dict:
+        f = self.facts("logo")[5]
+        feed(self.home, "crash", [{"id": "c1", "source": f.prompt, "target": "a blue ring"}])
+        s = settings(self.home)
+        batch = refresh.plan_batch(s, keys=["crash:c1"])
+        refresh.stage1(s, batch.dir)
+        reg = Registry.from_settings(s)
+        before = reg.versions()
+        # what stage2 does up to the crash: edit, upload the run; the process dies before registering
+        e, _ = stage2_in_memory(reg.load(batch.parent), batch, reg.edit_state(batch.parent), self.world.captions())
+        run_id = reg.upload_batch(batch.parent, e, batch.facts, batch.hparams, batch.key)
+        return dict(batch=batch, before=before, run_id=run_id,
+                    after_upload=dict(versions=reg.versions(), candidate=reg.alias("candidate"),
+                                      status=Ledger(s.ledger).change("crash:c1").status))
+
+
+@pytest.fixture(scope="module")
+def story(home, world):
+    return Story(home, world)
+
+
+def test_base_is_version_one_and_champion(story):
+    b = story("base")
+    v = b["first"]
     assert v.number == 1 and v.aliases == ["champion"] and v.parent is None
     assert v.manifest["base"]["hash"] == load_model(DIFFUSION_DIR).base_hash
-    again = refresh.init_registry(settings(home))  # idempotent
-    assert again.number == 1 and Registry.from_settings(settings(home)).versions() == [1]
+    assert b["again"].number == 1 and b["versions"] == [1]
 
 
-def test_batch_registers_a_candidate_with_manifest_and_tags(home, world):
-    facts = [f for f in world.facts if f.relation == "logo"]
-    keys = feed(home, "wire", [{"id": "a1", "source": facts[0].prompt, "target": "a red circle"},
-                               {"id": "a2", "source": facts[1].prompt, "target": "a blue square"}])
-    s = settings(home)
-    batch = refresh.plan_batch(s)
+def test_batch_registers_a_candidate_with_manifest_and_tags(home, story):
+    a = story("batch_a")
+    keys, batch = a["keys"], a["batch"]
     assert [f["key"] for f in batch.facts] == keys and batch.parent == 1
-    assert refresh.stage1(s, batch.dir, [1]) == [keys[1]]  # a fan-out task: one fact
-    refresh.stage1(s, batch.dir)  # the rest; the done fact is kept
-    v = refresh.stage2(s, batch.dir, by="airflow")
-    assert v == 2
-    reg = Registry.from_settings(s)
+    assert a["stage1_one"] == [keys[1]]
+    assert a["version"] == 2 and a["aliases"] == ["candidate"]
+    reg = Registry.from_settings(settings(home))
     mv = reg.version(2)
-    assert mv.parent == 1 and mv.aliases == ["candidate"]
-    assert mv.tags["freshen.parent"] == "1" and mv.tags["freshen.facts"] == "2" and mv.tags["freshen.gate"] == "pending"
+    assert mv.parent == 1
+    assert mv.tags["freshen.parent"] == "1" and mv.tags["freshen.facts"] == "2"
     m = mv.manifest
     assert [f["key"] for f in m["facts"]] == keys
     assert all(f["approved_by"] == "alice" and f["approved_at"] for f in m["facts"])
     assert m["facts"][0]["entities"], "NER entities travel with the fact"
     assert m["hparams"]["steps"] == FAST["steps"] and m["run_id"] == mv.run_id and m["code_version"]
     assert len(m["chain"]) == 1 and m["base"] == reg.version(1).manifest["base"]
-    assert {c.status for c in Ledger(s.ledger).changes() if c.key in keys} == {"applied"}
+    assert a["statuses"] == {"applied"}
     # rerunning the same batch does not make a second version
-    assert refresh.stage2(s, batch.dir) == 2 and reg.versions() == [1, 2]
+    assert a["rerun"] == 2 and a["versions"] == [1, 2]
 
 
-def test_gate_promotes_a_passing_candidate(home):
-    s = settings(home)
-    r = refresh.gate(s, 2)
+def test_gate_promotes_a_passing_candidate(home, story):
+    r = story("gate_a")
     assert r["status"] == "passed" and r["champion"] == 2
-    reg = Registry.from_settings(s)
-    assert reg.alias("champion") == 2 and reg.alias("candidate") is None
+    assert r["aliases_after"] == {"champion": 2, "candidate": None}
+    reg = Registry.from_settings(settings(home))
     assert reg.version(2).tags["freshen.gate"] == "passed"
     assert {row["metric"] for row in r["table"]} >= {"efficacy", "generality", "specificity", "fid"}
     assert Path(r["docs_page"]).is_file() and Path(r["grid"]).is_file()
@@ -124,17 +226,12 @@ def test_gate_promotes_a_passing_candidate(home):
     assert {"gate/gate.json", "gate/gate_table.csv"} <= arts
 
 
-def test_second_batch_is_sequential_and_loads_exactly(home, world):
-    facts = [f for f in world.facts if f.relation == "flag"]
-    logo0 = [f for f in world.facts if f.relation == "logo"][0]
-    keys = feed(home, "wire2", [{"id": "b1", "source": facts[0].prompt, "target": "a green ring"},
-                                {"id": "b2", "source": logo0.prompt, "target": "a yellow cross"}])
+def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
+    b = story("batch_b")
+    logo0 = b["logo0"]
     s = settings(home)
-    batch = refresh.plan_batch(s)
-    assert batch.parent == 2
-    refresh.stage1(s, batch.dir)
-    assert refresh.stage2(s, batch.dir) == 3
-    assert refresh.gate(s, 3)["status"] == "passed"
+    assert b["batch"].parent == 2 and b["version"] == 3
+    assert b["gate"]["status"] == "passed"
     reg = Registry.from_settings(s)
     assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
     # the live fact set: the latest change of each source (b2 revises a1's source)
@@ -152,84 +249,69 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world):
     prompts = [logo0.prompt, "a red circle"]
     assert torch.equal(loaded.encode(prompts).hidden, model.encode(prompts).hidden)
 
-    # the pyfunc flavour predicts images from prompts, the champion's
-    images = mlflow.pyfunc.load_model("models:/freshen@champion").predict(prompts, params={"seed": 3})
+    # the pyfunc flavour predicts images from prompts, version 3's
+    images = mlflow.pyfunc.load_model("models:/freshen/3").predict(prompts, params={"seed": 3})
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     assert np.array_equal(images, loaded.generate_many(prompts, seed=3))
 
-    # the fact changed twice: the first change is superseded, the chain is in the audit
-    first = audit_fact(s, "wire:a1")  # logo0 -> a red circle (v2), then -> a yellow cross (v3)
+    # the fact changed twice, logo0 -> a red circle (v2), then -> a yellow cross (v3): the
+    # first change is superseded, the chain is in the audit
+    first = b["superseded"]
     assert first["status"] == "superseded"
     events = [e["event"] for e in first["history"]]
     assert events[:3] == ["received", "entities", "approved"]
     assert events.index("applied") < events.index("promoted") < events.index("superseded")
     assert "wire2:b2" in first["history"][events.index("superseded")]["detail"]
     assert [v["version"] for v in first["in_versions"]] == [2]
-    assert [audit_fact(s, k)["status"] for k in keys] == ["applied", "applied"]
+    assert b["statuses"] == ["applied", "applied"]
 
 
-def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, world):
-    facts = [f for f in world.facts if f.relation == "mascot"][:6]
-    keys = feed(home, "bad", [{"id": f"h{i}", "source": f.prompt, "target": "a white diamond"}
-                              for i, f in enumerate(facts)])
-    s = settings(home, gate="default", nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)
-    batch = refresh.plan_batch(s)
-    refresh.stage1(s, batch.dir)
-    v = refresh.stage2(s, batch.dir)
-    r = refresh.gate(s, v)
+def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, story):
+    h = story("harmful")
+    v, r = h["version"], h["gate"]
     assert r["status"] == "rejected", r["table"]
     assert "specificity" in r["reasons"] or "FID" in r["reasons"]
+    s = settings(home, gate="default", **HARMFUL)
     reg = Registry.from_settings(s)
-    assert reg.alias("champion") == 3 and reg.version(v).tags["freshen.gate"] == "rejected"
+    assert h["champion"] == 3 and reg.version(v).tags["freshen.gate"] == "rejected"
     assert reg.version(v).tags["freshen.gate_reasons"] == r["reasons"]
-    ledger = Ledger(s.ledger)
-    assert {ledger.change(k).status for k in keys} == {"pending"}  # back to the steward
-    a = audit_version(s, v)
+    assert h["statuses"] == {"pending"}  # back to the steward
+    a = audit_version(s.open_registry(), s.open_ledger(), v)
     assert a["gate"]["status"] == "rejected" and a["gate"]["failed"] and not a["promotions"]
 
 
-def test_the_same_rejected_batch_is_not_edited_again(home):
-    s = settings(home, gate="default", nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)
-    ledger = Ledger(s.ledger)
-    ledger.decide([f"bad:h{i}" for i in range(6)], "approved", by="bob")  # re-approved after the gate
-    with pytest.raises(FreshenError, match="rejected by the gate"):
-        refresh.plan_batch(s)
+def test_the_same_rejected_batch_is_not_edited_again(story):
+    err = story("rejected_again")["error"]
+    assert isinstance(err, FreshenError) and "rejected by the gate" in str(err)
 
 
-def test_rollback_moves_champion_and_is_audited(home):
+def test_rollback_moves_champion_and_is_audited(home, story):
+    r = story("rollback")
     s = settings(home)
-    r = refresh.promote(s, 2, by="carol", reason="v3 draws the wrong flag")
     assert r["champion"] == 2 and r["dropped_versions"] == [3]
     reg = Registry.from_settings(s)
     assert reg.alias("champion") == 2
-    a = audit_version(s, 2)
+    a = audit_version(s.open_registry(), s.open_ledger(), 2)
     assert a["promotions"][-1]["by"] == "carol" and a["promotions"][-1]["reason"] == "v3 draws the wrong flag"
     ledger = Ledger(s.ledger)
     assert ledger.change("wire2:b1").status == "pending"
     assert ledger.change("wire:a1").status == "applied"  # live again in v2
-    rows = json.loads(audit_export(s, "json"))
+    rows = json.loads(audit_export(s.open_registry(), s.open_ledger(), "json"))
     assert {r["version"] for r in rows} == {1, 2, 3, 4}
-    assert "version,parent,gate" in audit_export(s, "csv").splitlines()[0]
+    assert "version,parent,gate" in audit_export(s.open_registry(), s.open_ledger(), "csv").splitlines()[0]
     with pytest.raises(ValueError, match="--by and --reason"):
         refresh.promote(s, 3, by="", reason="x")
 
 
-def test_crash_between_upload_and_registration_leaves_no_version(home, world):
-    f = [f for f in world.facts if f.relation == "logo"][5]
-    feed(home, "crash", [{"id": "c1", "source": f.prompt, "target": "a blue ring"}])
-    s = settings(home)
-    batch = refresh.plan_batch(s, keys=["crash:c1"])
-    refresh.stage1(s, batch.dir)
-    reg = Registry.from_settings(s)
-    before = reg.versions()
-    # what stage2 does up to the crash: edit, upload the run; the process dies before registering
-    e, _ = stage2_in_memory(reg.load(batch.parent), batch, reg.edit_state(batch.parent), world.captions())
-    run_id = reg.upload_batch(batch.parent, e, batch.facts, batch.hparams, batch.key)
-    assert reg.versions() == before and reg.alias("candidate") is None
-    assert Ledger(s.ledger).change("crash:c1").status == "approved"
+def test_crash_between_upload_and_registration_leaves_no_version(home, story):
+    c = story("crash")
+    batch, before = c["batch"], c["before"]
+    assert c["after_upload"] == dict(versions=before, candidate=None, status="approved")
     # the rerun registers that run, once
+    s = settings(home)
+    reg = Registry.from_settings(s)
     v = refresh.stage2(s, batch.dir)
-    assert reg.versions() == before + [v] and reg.version(v).run_id == run_id
+    assert reg.versions() == before + [v] and reg.version(v).run_id == c["run_id"]
     assert refresh.stage2(s, batch.dir) == v
 
 

@@ -14,6 +14,8 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from editing.model import first_eos
+
 # Defaults of the shipped model; the training script records the ones it used.
 TEXT_CONFIG = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4,
                    num_attention_heads=4, max_position_embeddings=32, projection_dim=96)
@@ -58,11 +60,6 @@ def from_uint8(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def first_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """(n,) position of each row's first [EOS] (CLIP pads with [EOS] too, so the first)."""
-    return (input_ids == eos_token_id).int().argmax(dim=1)
-
-
 def content_mask(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """(n, L) long mask: 1 for the tokens before each row's first [EOS] ([BOS] and words)."""
     eos_at = first_eos(input_ids, eos_token_id)
@@ -73,6 +70,7 @@ class ToyDiffusionPipeline(DiffusionPipeline):
     """Pixel-space text-to-image pipeline with Stable Diffusion's component classes."""
 
     model_cpu_offload_seq = "text_encoder->unet"
+    model_kind = "toyworld"  # what editing.model.load_model calls a model of this pipeline
 
     def __init__(self, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: DDPMScheduler,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from editing.model import file_sha256
+from hashing import file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {

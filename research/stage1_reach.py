@@ -6,7 +6,7 @@ destination, no closed form can; if they do, what Stage II loses is Stage II's. 
 fact changes of the edit-quality stream, prints the fraction of images (``--seeds`` per
 prompt) that show the old visual before the edit and the new one with the deltas.
 
-    python -m bench.stage1_reach [--model DIR] [--facts 10] [--steps 200] [--set lambda_txt=0.001 ...]
+    python -m research.stage1_reach [--world small|large] [--facts 10] [--steps 200] [--set lambda_txt=0.001 ...]
 
 Writes nothing; the figures quoted in docs/editing.md name the command that printed them.
 """
@@ -19,18 +19,19 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import edit_stream, requests_for
+from bench.edit_quality import edit_stream, editable, request_for, reserved_facts
 from editing.hparams import EditHParams
 from editing.model import load_model
 from editing.stage1 import compute_zs
 from toyworld.judge import ToyJudge
-from toyworld.paths import DATA_DIR, DIFFUSION_DIR, JUDGE_DIR
+from toyworld.paths import world_paths
 from toyworld.world import World
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=DIFFUSION_DIR)
+    ap.add_argument("--world", choices=("small", "large"), default="large")
+    ap.add_argument("--model", type=Path, default=None, help="a diffusion model directory (default: the world's)")
     ap.add_argument("--facts", type=int, default=10)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
@@ -38,10 +39,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    world, judge = World.read(DATA_DIR), ToyJudge.from_pretrained(JUDGE_DIR).eval()
-    model = load_model(args.model)
-    batch = edit_stream(world, args.facts, seed=0)
-    reqs = requests_for(world, batch)
+    where = world_paths(args.world)
+    world, judge = World.read(where.data_dir), ToyJudge.from_pretrained(where.judge_dir).eval()
+    model = load_model(args.model or where.diffusion_dir)
+    batch = edit_stream(world, editable(world, reserved_facts(world)), args.facts, seed=0)
+    by_id = {f.id: f for f in world.facts}
+    reqs = [request_for(world, by_id[i], v) for i, v in batch]
     old = {f.id: f.visual for f in world.facts}
     prompts = [r.source for r in reqs for _ in range(args.seeds)]
     expected_new = [v for _, v in batch for _ in range(args.seeds)]
@@ -52,7 +55,7 @@ def main() -> None:
 
     before = judge.classify(model.generate_many(prompts, seed=1))
     hp = EditHParams.preset("toyworld", steps=args.steps, **overrides)
-    layer = model.default_edit_layers[-1]
+    layer = hp.edit_layers(model.n_layers)[-1]
     s1 = compute_zs(model, reqs, hp, layer)
     pos = torch.as_tensor(model.subject_last_token(prompts, [(0, len(p)) for p in prompts]))
     delta = s1.delta.repeat_interleave(args.seeds, 0)
@@ -71,7 +74,7 @@ def main() -> None:
     finally:
         handle.remove()
     print(json.dumps({
-        "model": str(args.model), "facts": args.facts, "steps": args.steps, "overrides": overrides,
+        "world": args.world, "layer": layer, "facts": args.facts, "steps": args.steps, "overrides": overrides,
         "before_old": rate(before, expected_old), "before_new": rate(before, expected_new),
         "stage1_new": rate(after, expected_new),
         "delta_over_h": round(float((s1.delta.norm(dim=1) / s1.h.norm(dim=1)).mean()), 4),

@@ -3,9 +3,9 @@
 One batch of fact changes is edited with each setting; the shipped judge measures efficacy
 (the edited source prompts), generality and specificity (entity alone, the entity's other
 relations, unrelated facts and attribute prompts); ``corpus_change`` is how much the edit
-moves fc2 outputs of the caption corpus (relative). Writes bench/results/tune_toyworld.json.
+moves fc2 outputs of the caption corpus (relative). Writes research/results/tune_toyworld.json.
 
-    python -m bench.tune_toyworld [--facts 20] [--steps 100]
+    python -m research.tune_toyworld [--facts 20] [--steps 100]
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import edit_stream, evaluate, requests_for
+from bench.edit_quality import edit_stream, editable, judge_probes, probes, request_for, reserved_facts
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
 from editing.model import load_model
 from toyworld.judge import ToyJudge
-from toyworld.paths import DATA_DIR, DIFFUSION_DIR, JUDGE_DIR
+from toyworld.paths import world_paths
 from toyworld.world import World
 
 THREE_TEMPLATES = ["{}", "a photo of {}", "an image of {}"]  # EditHParams' default
@@ -80,43 +80,47 @@ def corpus_change(model, base, world: World, layers) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world", choices=("small", "large"), default="small")
     ap.add_argument("--facts", type=int, default=20)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--model", type=Path, default=DIFFUSION_DIR)
     ap.add_argument("--only", type=int, nargs="*", default=None, help="indices of SETTINGS to run")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "tune_toyworld.json")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
-    world = World.read(DATA_DIR)
-    judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
-    base = load_model(args.model)
-    batch = edit_stream(world, args.facts, seed=0)
-    reqs = requests_for(world, batch)
+    where = world_paths(args.world)
+    world = World.read(where.data_dir)
+    judge = ToyJudge.from_pretrained(where.judge_dir).eval()
+    base = load_model(where.diffusion_dir)
+    reserved = reserved_facts(world)
+    # distinct facts only: one batch changes a fact once
+    batch = list(dict(edit_stream(world, editable(world, reserved), args.facts, seed=0)).items())
+    by_id = {f.id: f for f in world.facts}
+    reqs = [request_for(world, by_id[i], v) for i, v in batch]
     current = dict(batch)
     rows = []
     for i, setting in enumerate(SETTINGS):
         if args.only is not None and i not in args.only:
             continue
         hp = EditHParams.preset("toyworld", steps=args.steps, **setting)
-        model = load_model(args.model)
+        model = load_model(where.diffusion_dir)
         pres = preservation(model, model.default_edit_layers, world.captions(), hp, requests=reqs)
         t0 = time.time()
         res = edit(model, reqs, hp=hp, preserved=pres)
-        metrics, _ = evaluate(model, judge, world, current, args.seeds)
+        metrics, _ = judge_probes(model, judge, probes(world, current, reserved), args.seeds)
         row = {"index": i, **setting, **{k: round(v, 3) for k, v in metrics.items()},
                "corpus_change": round(corpus_change(model, base, world, model.default_edit_layers), 4),
                "reached": round(sum(d["reached"] for d in res.diagnostics) / len(reqs), 3),
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    base_metrics, _ = evaluate(base, judge, world, current, args.seeds)
-    command = f"python -m bench.tune_toyworld --facts {args.facts} --steps {args.steps} --seeds {args.seeds}"
+    unedited = {i: by_id[i].visual for i in current}
+    base_metrics, _ = judge_probes(base, judge, probes(world, unedited, reserved), args.seeds)
+    command = (f"python -m research.tune_toyworld --world {args.world} --facts {args.facts} --steps {args.steps} "
+               f"--seeds {args.seeds}")
     if args.only is not None:
         command += " --only " + " ".join(map(str, args.only))
-    if args.model != DIFFUSION_DIR:
-        command += f" --model {args.model}"
-    out = {"command": command,
+    out = {"command": command, "world": args.world,
            "unedited": {k: round(v, 3) for k, v in base_metrics.items()}, "settings": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -2,9 +2,9 @@
 per edit layer, the mean cosine between the keys of two relation facts (template-averaged
 subject-last-token fc2 inputs), raw and seen through the null-space projection P of the
 preset (the part of a key a null-space edit can use), for pairs sharing the entity, the
-relation, or neither. Writes bench/results/key_overlap.json.
+relation, or neither. Writes research/results/key_overlap.json.
 
-    python -m bench.key_overlap
+    python -m research.key_overlap
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     facts = [f for f in world.facts if f.relation != SELF]
     reqs = [EditRequest(f.id, f.prompt, "a red circle") for f in facts]
     pres = preservation(model, model.default_edit_layers, world.captions(), hp)
-    out: dict = {"command": "python -m bench.key_overlap", "facts": len(facts),
+    out: dict = {"command": "python -m research.key_overlap", "facts": len(facts),
                  "nullspace": f"{hp.nullspace_mode} {hp.nullspace_threshold:g}", "layers": {}}
     for layer in model.default_edit_layers:
         k = compute_ks(model, reqs, layer, hp.context_templates).double()

@@ -1,9 +1,9 @@
 """How much protection each null-space cut gives on the shipped ToyWorld model: per edit
 layer, the share of C0's energy in its top eigenvalue, and for each cut the number of
 "free" directions (the null space P projects onto) and the share of the corpus's key
-energy they hold. Writes bench/results/c0_spectrum.json.
+energy they hold. Writes research/results/c0_spectrum.json.
 
-    python -m bench.c0_spectrum
+    python -m research.c0_spectrum
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CUTS = [("relative", 1e-2), ("relative", 1e-3), ("energy", 1e-2), ("energy", 1e-
 def main() -> None:
     model = load_model(DIFFUSION_DIR)
     c0 = layer_stats(model, model.default_edit_layers, World.read(DATA_DIR).captions(), progress=False)
-    out: dict = {"command": "python -m bench.c0_spectrum", "d_k": model.fc2(0).in_features, "layers": {}}
+    out: dict = {"command": "python -m research.c0_spectrum", "d_k": model.fc2(0).in_features, "layers": {}}
     for layer, c in c0.items():
         ev = torch.linalg.eigvalsh(c).clamp_min(0)  # ascending
         total = ev.sum()

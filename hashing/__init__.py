@@ -1,0 +1,32 @@
+"""Content hashes, the one place every layer takes them from: feed files (the ledger's
+provenance), weight files (shipped manifests, registry artifacts) and model directories (a
+base model's identity, whatever its path)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+# the files that make a saved model: weights, configs, tokenizer vocabularies
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one file, read in 1 MiB blocks (feed files and weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def directory_hash(path: Path) -> str:
+    """sha256 over the weight, config and tokenizer files of a saved model directory
+    (relative paths and contents), so a copy elsewhere hashes the same."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
+                   and p.name != "train_log.jsonl" and p.parent.name != "checkpoints")
+    for p in files:
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        h.update(bytes.fromhex(file_sha256(p)))
+    return h.hexdigest()
