@@ -10,13 +10,16 @@ judge labels images of
   same paraphrases with the world's visuals: ``generality_paraphrases_vs_unedited``);
 - specificity: the *reserved* facts (entities and concepts no stream ever touches; the small
   world reserves a fifth of its entities here), the same probes at every size, plus the
-  attribute prompts; ``specificity_vs_unedited`` divides by the unedited model's score;
+  attribute prompts; ``specificity_vs_unedited`` divides by the unedited model's score
+  (``--probe-facts``: at most that many live and reserved facts per checkpoint, a seeded
+  sample, the same for every method at one size and, for the reserved, at every size);
 and FID (judge features) of the attribute and reserved prompts' images against clean
 renders, as the change from the unedited model's. Each row also has the largest
 ||W_l - W0_l|| / ||W0_l|| over the edit layers and the Stage I / II seconds so far.
 
     python -m bench.edit_quality [--world small|large] [--sizes 10,100,1000] [--batch 50]
-        [--steps 200] [--seeds 4] [--seed 0] [--methods preset,...] [--max-edits-for M=N,...]
+        [--steps 200] [--seeds 4] [--probe-facts 250] [--seed 0] [--methods preset,...]
+        [--variant NAME=JSON] [--max-edits-for M=N,...]
 
 Writes bench/results/edit_quality.json (or --out) after every row, and a chart (PNG)
 beside it at the end.
@@ -141,9 +144,20 @@ class Probes:
         return [(k, p, v) for k, pairs in self.kinds.items() for p, v in pairs]
 
 
-def probes(world: World, current: dict[str, Visual], reserved: list[Fact]) -> Probes:
+def sample(items: list, n: int | None, seed: int = 0) -> list:
+    """A seeded sample of at most n of ``items`` in their order (all of them when n is None)."""
+    if n is None or len(items) <= n:
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if i in keep]
+
+
+def probes(world: World, current: dict[str, Visual], reserved: list[Fact], per_kind: int | None = None) -> Probes:
+    """The probes of one checkpoint; ``per_kind``: at most that many live facts (a seeded
+    sample, the same for every method at one size) and reserved facts (the same at every size)."""
     by_id = {f.id: f for f in world.facts}
-    live = [(by_id[i], v) for i, v in current.items()]
+    live = sample([(by_id[i], v) for i, v in sorted(current.items())], per_kind, seed=len(current))
+    reserved = sample(reserved, per_kind)
     return Probes({
         "efficacy": [(f.prompt, v) for f, v in live],
         "generality_contexts": [(f.heldout_context.format(f.prompt), v) for f, v in live],
@@ -187,7 +201,7 @@ class _Run:
 
 def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
         seed: int = 0, out: Path | None = None, command: str = "", max_edits: dict[str, int] | None = None,
-        threads: int | None = None, stage1_dir: Path | None = None) -> dict:
+        threads: int | None = None, stage1_dir: Path | None = None, probe_facts: int | None = None) -> dict:
     """Every method on the same stream, size by size (so a stopped run still compares them
     side by side); ``max_edits``: a method stops after that many edits."""
     where = world_paths(world_name)
@@ -199,7 +213,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     pool = editable(world, reserved)
     stream = edit_stream(world, pool, max(sizes), seed)
     captions = world.captions()
-    fixed = probes(world, {}, reserved)
+    fixed = probes(world, {}, reserved, probe_facts)
     fid_pairs = fixed.kinds["specificity_reserved"] + fixed.kinds["specificity_attributes"]
     renders = clean_renders([v for _, v in fid_pairs], seeds)
     runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]),
@@ -209,6 +223,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
         "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
                   "facts": len(world.facts), "editable_facts": len(pool), "reserved_facts": len(reserved)},
         "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps, "seeds": seeds,
+                   "probe_facts": probe_facts,
                    "max_edits": max_edits or {}, "threads": threads or torch.get_num_threads()},
         "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {},
     }
@@ -243,10 +258,10 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
                 r.current.update(dict(batch))
                 norms = e.meta.get("update_norm", {})
             r.done = n
-            pr = probes(world, r.current, reserved)
+            pr = probes(world, r.current, reserved, probe_facts)
             metrics, images = judge_probes(r.model, judge, pr, seeds)
             if n not in base_cache:  # the unedited model on the same probes, with the world's visuals
-                unedited_pr = probes(world, {i: by_id[i].visual for i in r.current}, reserved)
+                unedited_pr = probes(world, {i: by_id[i].visual for i in r.current}, reserved, probe_facts)
                 base_cache[n] = judge_probes(base, judge, unedited_pr, seeds)
             base_metrics, base_images = base_cache[n]
             fake = np.concatenate([images["specificity_reserved"], images["specificity_attributes"]])
@@ -341,9 +356,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--probe-facts", type=int, default=250,
+                    help="at most this many live facts and reserved facts probed per checkpoint (a seeded "
+                         "sample; 0: all)")
     ap.add_argument("--seed", type=int, default=0, help="draws the stream (another seed, another stream)")
     ap.add_argument("--methods", default="preset,sequential,consolidate,emcid-alpha,emcid-alpha+memory,no-nullspace,"
                                          "sequential-energy")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='another method: overrides of the preset, e.g. energy-b01=\'{"nullspace_mode": "energy", '
+                         '"beta": 0.1}\' (then name it in --methods)')
     ap.add_argument("--max-edits-for", default="", help="METHOD=N,...: stop a method after N edits")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
     ap.add_argument("--stage1-cache", type=Path, default=None,
@@ -352,15 +373,20 @@ def main() -> None:
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
+    for item in args.variant:
+        name, _, overrides = item.partition("=")
+        METHODS[name] = json.loads(overrides)
     max_edits = {k: int(v) for k, v in (x.split("=") for x in args.max_edits_for.split(",") if x)}
     command = (f"python -m bench.edit_quality --world {args.world} --sizes {args.sizes} --batch {args.batch} "
-               f"--steps {args.steps} --seeds {args.seeds} --seed {args.seed} --methods {args.methods}")
+               f"--steps {args.steps} --seeds {args.seeds} --probe-facts {args.probe_facts} --seed {args.seed} "
+               f"--methods {args.methods}")
+    command += "".join(f" --variant '{v}'" for v in args.variant)
     if args.max_edits_for:
         command += f" --max-edits-for {args.max_edits_for}"
     t0 = time.time()
     results = run(args.world, [int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
                   args.methods.split(","), seed=args.seed, out=args.out, command=command, max_edits=max_edits,
-                  stage1_dir=args.stage1_cache)
+                  stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} and {chart(results, args.out.with_suffix('.png'))}")
