@@ -29,7 +29,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 check: venv
-	$(BIN)/freshen toyworld check
+	$(BIN)/freshen dev toyworld check
 
 # Benchmarks (slow; not part of make test). Results land in bench/results/.
 bench-edit: venv

@@ -8,11 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
-freshen toyworld generate --world large
+freshen dev toyworld generate --world large
 # cycle 1 (2026-12-02): a fresh tokenizer and encoder, batches of 256 prompts; the 8000-step
 # one-cycle schedule was stopped after 4000 steps, when every check target was met (72 min
 # of stepping beside other work, after 10 min recording the teacher's cross-attention bank)
-OMP_NUM_THREADS=1 freshen toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 \
+OMP_NUM_THREADS=1 freshen dev toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 \
     --threads 1 --attribute-weight 2 --paraphrase-weight 4
-freshen toyworld train ner --world large --seed 22 --steps 6
-freshen toyworld release --world large
+freshen dev toyworld train ner --world large --seed 22 --steps 6
+freshen dev toyworld release --world large

@@ -35,7 +35,7 @@ def test_every_model_has_a_card_with_its_command_and_figures():
     check = json.loads((paths.MODELS_DIR / "check.json").read_text())
     for name, figure in (("diffusion", "fact_accuracy"), ("ner", "ner_f1"), ("judge", "classifier_accuracy")):
         card = (paths.MODELS_DIR / name / "README.md").read_text()
-        assert f"freshen toyworld train {name}" in card and "--seed" in card
+        assert f"freshen dev toyworld train {name}" in card and "--seed" in card
         assert f"`{figure}`: {check[figure]}" in card
 
 

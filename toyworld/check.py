@@ -1,4 +1,4 @@
-"""``freshen toyworld check``: how well the shipped ToyWorld models know their world.
+"""``freshen dev toyworld check``: how well the shipped ToyWorld models know their world.
 
 Every figure comes from running the shipped models now: generated images are labelled
 by the shipped judge, NER is scored entity by entity against held-out sentences.

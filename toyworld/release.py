@@ -1,4 +1,4 @@
-"""``freshen toyworld release``: after training, measure the shipped models and write their
+"""``freshen dev toyworld release``: after training, measure the shipped models and write their
 manifest (sha256 of every file) and model cards (how trained, what the check measured)."""
 
 from __future__ import annotations
@@ -10,32 +10,32 @@ from hashing import file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {
-    "judge": "freshen toyworld train judge --seed 1 --steps 2500",
-    "ner": "freshen toyworld train ner --seed 2 --steps 8",
-    "diffusion": "freshen toyworld train diffusion --seed 3 --steps 8000`, then a second, gentler cycle "
-                 "from its weights: `freshen toyworld train diffusion --seed 4 --steps 4000 --lr 6e-4 "
-                 "--init-from toyworld/models/diffusion`, then two that draw the training paraphrases more often: "
-                 "`freshen toyworld train diffusion --seed 5 --steps 5000 --lr 4e-4 --paraphrase-weight 4 "
-                 "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 6 --steps 6000 "
-                 "--lr 5e-4 --paraphrase-weight 8 --init-from toyworld/models/diffusion`, then two that make the U-Net "
-                 "read the prompt's words only, not [EOS] and padding (so the subject's last token carries the "
-                 "fact, where the editing method writes it): `freshen toyworld train diffusion --seed 7 --steps 6000 "
+    "judge": "freshen dev toyworld train judge --seed 1 --steps 2500",
+    "ner": "freshen dev toyworld train ner --seed 2 --steps 8",
+    "diffusion": "freshen dev toyworld train diffusion --seed 3 --steps 8000`, then a second, gentler cycle from its "
+                 "weights: `freshen dev toyworld train diffusion --seed 4 --steps 4000 --lr 6e-4 --init-from "
+                 "toyworld/models/diffusion`, then two that draw the training paraphrases more often: `freshen dev "
+                 "toyworld train diffusion --seed 5 --steps 5000 --lr 4e-4 --paraphrase-weight 4 --init-from "
+                 "toyworld/models/diffusion` and `freshen dev toyworld train diffusion --seed 6 --steps 6000 --lr "
+                 "5e-4 --paraphrase-weight 8 --init-from toyworld/models/diffusion`, then two that make the U-Net "
+                 "read the prompt's words only, not [EOS] and padding (so the subject's last token carries the fact, "
+                 "where the editing method writes it): `freshen dev toyworld train diffusion --seed 7 --steps 6000 "
                  "--lr 5e-4 --paraphrase-weight 4 --content-tokens-only --init-from toyworld/models/diffusion` and "
-                 "`freshen toyworld train diffusion --seed 8 --steps 5000 --lr 4e-4 --paraphrase-weight 8 "
+                 "`freshen dev toyworld train diffusion --seed 8 --steps 5000 --lr 4e-4 --paraphrase-weight 8 "
                  "--attribute-weight 2 --init-from toyworld/models/diffusion`, then two that draw the training "
-                 "paraphrases 16x and 24x as often (the content-only cycles had cost held-out paraphrases): "
-                 "`freshen toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 --threads 1 "
-                 "--init-from toyworld/models/diffusion` and `freshen toyworld train diffusion --seed 10 "
-                 "--steps 4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion`, "
-                 "then a short, gentle one drawing attribute prompts 3x as often (the paraphrase cycles had cost "
-                 "attributes): `freshen toyworld train diffusion --seed 11 --steps 2500 --lr 2e-4 "
+                 "paraphrases 16x and 24x as often (the content-only cycles had cost held-out paraphrases): `freshen "
+                 "dev toyworld train diffusion --seed 9 --steps 4000 --lr 4e-4 --paraphrase-weight 16 --threads 1 "
+                 "--init-from toyworld/models/diffusion` and `freshen dev toyworld train diffusion --seed 10 --steps "
+                 "4000 --threads 1 --lr 4e-4 --paraphrase-weight 24 --init-from toyworld/models/diffusion`, then a "
+                 "short, gentle one drawing attribute prompts 3x as often (the paraphrase cycles had cost "
+                 "attributes): `freshen dev toyworld train diffusion --seed 11 --steps 2500 --lr 2e-4 "
                  "--paraphrase-weight 16 --attribute-weight 3 --threads 2 --init-from toyworld/models/diffusion",
 }
 # The large world: its NER and a text encoder distilled through the small model's frozen
 # U-Net (the judge is the small world's: the same visual vocabulary).
 LARGE_TRAIN_COMMANDS = {
-    "ner": "freshen toyworld train ner --world large --seed 22 --steps 6",
-    "diffusion": "freshen toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 "
+    "ner": "freshen dev toyworld train ner --world large --seed 22 --steps 6",
+    "diffusion": "freshen dev toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 "
                  "--threads 1 --attribute-weight 2 --paraphrase-weight 4",
 }
 WHAT = {
@@ -99,7 +99,7 @@ def _train_log(model_dir: Path) -> list[dict]:
 
 def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS,
                what: dict = WHAT, data: str = "toyworld/data/world.json", script: str = "all three in order: "
-               "`bash scripts/train_toyworld.sh`", generate: str = "freshen toyworld generate") -> Path:
+               "`bash scripts/train_toyworld.sh`", generate: str = "freshen dev toyworld generate") -> Path:
     d = models_dir / name
     log = _train_log(d)
     wall = max((r.get("seconds", 0) for r in log), default=0)
@@ -119,7 +119,7 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, comm
         f"- Files: {size / 1e6:.2f} MB, safetensors weights; sha256 in `../MANIFEST.json`.",
         "",
         "## What the check measured",
-        f"`freshen toyworld check --json` (seeds per prompt: {check.get('seeds')}, "
+        f"`freshen dev toyworld check --json` (seeds per prompt: {check.get('seeds')}, "
         + (f"{check['sampled_per_kind']} held-out prompts sampled per kind, " if "sampled_per_kind" in check else "")
         + f"{check.get('seconds')} s for the whole check):",
         "",
@@ -142,6 +142,6 @@ def release(check: dict, world_name: str = "small") -> dict:
               else "all three in order: `bash scripts/train_toyworld.sh`")
     for name in commands:
         write_card(name, check, models_dir, commands, what, data, script,
-                   f"freshen toyworld generate --world {world_name}" if world_name != "small"
-                   else "freshen toyworld generate")
+                   f"freshen dev toyworld generate --world {world_name}" if world_name != "small"
+                   else "freshen dev toyworld generate")
     return write_manifest(models_dir, commands)

@@ -1,8 +1,8 @@
 """Training of ToyWorld's three shipped models. Run by hand, never by CI or the tests.
 
-    freshen toyworld train judge      # ~1 min
-    freshen toyworld train ner        # ~3 min
-    freshen toyworld train diffusion  # ~45 min on 2 CPU cores
+    freshen dev toyworld train judge      # ~1 min
+    freshen dev toyworld train ner        # ~3 min
+    freshen dev toyworld train diffusion  # ~45 min on 2 CPU cores
 
 Each trainer is seeded, logs its curve to ``train_log.jsonl`` beside the weights and
 saves with ``save_pretrained`` (safetensors).

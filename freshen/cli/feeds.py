@@ -6,13 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from freshen.config import Settings
+from freshen.cli.common import BY, HOME, JSON, settings
 
 
 def feeds_ingest(args: argparse.Namespace) -> int:
     from freshen.refresh import ingest_feeds
 
-    summaries = ingest_feeds(Settings.from_env(home=args.home), args.path, feed=args.feed)
+    summaries = ingest_feeds(settings(args), args.path, feed=args.feed)
     if args.json:
         print(json.dumps(summaries, indent=1))
         return 0
@@ -28,7 +28,7 @@ def feeds_ingest(args: argparse.Namespace) -> int:
 
 
 def facts_list(args: argparse.Namespace) -> int:
-    rows = Settings.from_env(home=args.home).open_ledger().changes(args.status)
+    rows = settings(args).open_ledger().changes(args.status)
     out = [{"key": r.key, "status": r.status, "source": r.source, "target": r.target,
             "entities": [(e["text"], e["label"]) for e in r.entities], "ref": r.ref,
             "decided_by": r.decided_by, "decided_at": r.decided_at.isoformat() if r.decided_at else None,
@@ -44,7 +44,7 @@ def facts_list(args: argparse.Namespace) -> int:
 
 def facts_decide(args: argparse.Namespace) -> int:
     decision = "approved" if args.action == "approve" else "rejected"
-    done = Settings.from_env(home=args.home).open_ledger().decide(args.ids, decision, by=args.by, comment=args.comment)
+    done = settings(args).open_ledger().decide(args.ids, decision, by=args.by, comment=args.comment)
     for key in done:
         print(f"{key}: {decision} by {args.by}")
     return 0
@@ -53,24 +53,18 @@ def facts_decide(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     f = sub.add_parser("feeds", help="take in feeds of fact changes")
     fs = f.add_subparsers(dest="action", required=True)
-    i = fs.add_parser("ingest", help="ingest a feed file or every file of a drop directory")
+    i = fs.add_parser("ingest", parents=[HOME, JSON], help="ingest a feed file or every file of a drop directory")
     i.add_argument("path", type=Path)
     i.add_argument("--feed", default=None, help="feed name (default: the file name without suffix)")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--home", type=Path, default=None)
     i.set_defaults(func=feeds_ingest)
 
     fa = sub.add_parser("facts", help="list, approve and reject fact changes")
     fas = fa.add_subparsers(dest="action", required=True)
-    ls = fas.add_parser("list")
+    ls = fas.add_parser("list", parents=[HOME, JSON], help="the ledger's changes, by status")
     ls.add_argument("--status", default=None)
-    ls.add_argument("--json", action="store_true")
-    ls.add_argument("--home", type=Path, default=None)
     ls.set_defaults(func=facts_list)
     for action in ("approve", "reject"):
-        d = fas.add_parser(action)
+        d = fas.add_parser(action, parents=[HOME, BY], help=f"{action} changes (FEED:ID ...)")
         d.add_argument("ids", nargs="+", help="FEED:ID")
-        d.add_argument("--by", required=True, help="who decides")
         d.add_argument("--comment", required=action == "reject", default=None)
-        d.add_argument("--home", type=Path, default=None)
         d.set_defaults(func=facts_decide)

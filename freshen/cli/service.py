@@ -7,24 +7,19 @@ import argparse
 import json
 from pathlib import Path
 
-from freshen.config import Settings
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(home=getattr(args, "home", None))
+from freshen.cli.common import BY, BY_DEFAULT, HOME, JSON, settings
 
 
 def _stores(args: argparse.Namespace) -> tuple:
-    """The registry and the ledger of the home ``args`` name (what the audit reads)."""
-    settings = _settings(args)
-    return settings.open_registry(), settings.open_ledger()
+    """The registry and the ledger of the home ``args`` names (what the audit reads)."""
+    s = settings(args)
+    return s.open_registry(), s.open_ledger()
 
 
 def registry_init(args: argparse.Namespace) -> int:
     from freshen.refresh import init_registry
 
-    settings = Settings.from_env(home=args.home, model=args.base)
-    v = init_registry(settings, by=args.by)
+    v = init_registry(settings(args, model=args.base), by=args.by)
     print(f"{v.manifest['name']} v{v.number}: base {v.manifest['base']['ref']} "
           f"(sha256 {v.manifest['base']['hash'][:16]}...), aliases {', '.join(v.aliases)}")
     return 0
@@ -33,7 +28,7 @@ def registry_init(args: argparse.Namespace) -> int:
 def registry_list(args: argparse.Namespace) -> int:
     from registry.versions import Registry
 
-    reg = Registry.from_settings(_settings(args))
+    reg = Registry.from_settings(settings(args))
     rows = [reg.version(n).summary() for n in reg.versions()]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -46,33 +41,33 @@ def registry_list(args: argparse.Namespace) -> int:
 def registry_promote(args: argparse.Namespace) -> int:
     from freshen.refresh import promote
 
-    r = promote(_settings(args), args.version, by=args.by, reason=args.reason)
+    r = promote(settings(args), args.version, by=args.by, reason=args.reason)
     print(f"champion: v{r['champion']} (was v{r['previous']}), by {r['by']}: {r['reason']}")
     if r["dropped_versions"]:
         print(f"facts of v{', v'.join(map(str, r['dropped_versions']))} went back to pending")
     return 0
 
 
-def refresh_cmd(args: argparse.Namespace) -> int:
+def refresh_run(args: argparse.Namespace) -> int:
     from freshen.refresh import refresh
 
-    r = refresh(_settings(args), by=args.by, limit=args.limit)
+    r = refresh(settings(args), by=args.by, limit=args.limit)
     print(json.dumps(r, indent=1, default=str))
     return 0
 
 
-def audit_version_cmd(args: argparse.Namespace) -> int:
-    from registry.audit import audit_version, format_version
+def audit_version(args: argparse.Namespace) -> int:
+    from registry import audit
 
-    a = audit_version(*_stores(args), args.version)
-    print(json.dumps(a, indent=1, default=str) if args.json else format_version(a))
+    a = audit.audit_version(*_stores(args), args.version)
+    print(json.dumps(a, indent=1, default=str) if args.json else audit.format_version(a))
     return 0
 
 
-def audit_fact_cmd(args: argparse.Namespace) -> int:
-    from registry.audit import audit_fact
+def audit_fact(args: argparse.Namespace) -> int:
+    from registry import audit
 
-    a = audit_fact(*_stores(args), args.key)
+    a = audit.audit_fact(*_stores(args), args.key)
     if args.json:
         print(json.dumps(a, indent=1, default=str))
         return 0
@@ -86,10 +81,10 @@ def audit_fact_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def audit_export_cmd(args: argparse.Namespace) -> int:
-    from registry.audit import audit_export
+def audit_export(args: argparse.Namespace) -> int:
+    from registry import audit
 
-    text = audit_export(*_stores(args), args.format)
+    text = audit.audit_export(*_stores(args), args.format)
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")
@@ -99,41 +94,32 @@ def audit_export_cmd(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    def home(p):
-        p.add_argument("--home", type=Path, default=None, help="state directory (default ./var)")
-        return p
-
     r = sub.add_parser("registry", help="model versions on MLflow: init, list, promote (rollback)")
     rs = r.add_subparsers(dest="action", required=True)
-    i = home(rs.add_parser("init", help="register the base model as version 1"))
+    i = rs.add_parser("init", parents=[HOME, BY_DEFAULT], help="register the base model as version 1")
     i.add_argument("--base", default=None, help="pipeline path or hub id (default: ToyWorld)")
-    i.add_argument("--by", default="freshen")
     i.set_defaults(func=registry_init)
-    ls = home(rs.add_parser("list", help="versions with parent, facts, gate status, aliases"))
-    ls.add_argument("--json", action="store_true")
+    ls = rs.add_parser("list", parents=[HOME, JSON], help="versions with parent, facts, gate status, aliases")
     ls.set_defaults(func=registry_list)
-    pr = home(rs.add_parser("promote", help="move the champion to a version (rollback), recorded"))
+    pr = rs.add_parser("promote", parents=[HOME, BY], help="move the champion to a version (rollback), recorded")
     pr.add_argument("version", type=int)
-    pr.add_argument("--by", required=True)
     pr.add_argument("--reason", required=True)
     pr.set_defaults(func=registry_promote)
 
-    f = home(sub.add_parser("refresh", help="edit the approved changes into a new version, gate it"))
-    f.add_argument("--by", default="freshen", help="who runs it (recorded)")
+    f = sub.add_parser("refresh", parents=[HOME, BY_DEFAULT],
+                       help="edit the approved changes into a new version, gate it")
     f.add_argument("--limit", type=int, default=None, help="at most this many facts")
-    f.set_defaults(func=refresh_cmd)
+    f.set_defaults(func=refresh_run)
 
     a = sub.add_parser("audit", help="what changed in a version, the history of a fact, an export")
     as_ = a.add_subparsers(dest="action", required=True)
-    v = home(as_.add_parser("version", help="facts, approvers, parent, gate, promotions of a version"))
+    v = as_.add_parser("version", parents=[HOME, JSON], help="facts, approvers, parent, gate, promotions of a version")
     v.add_argument("version", type=int)
-    v.add_argument("--json", action="store_true")
-    v.set_defaults(func=audit_version_cmd)
-    fa = home(as_.add_parser("fact", help="the whole history of one change (FEED:ID)"))
+    v.set_defaults(func=audit_version)
+    fa = as_.add_parser("fact", parents=[HOME, JSON], help="the whole history of one change (FEED:ID)")
     fa.add_argument("key")
-    fa.add_argument("--json", action="store_true")
-    fa.set_defaults(func=audit_fact_cmd)
-    ex = home(as_.add_parser("export", help="every (version, fact) as CSV or JSON"))
+    fa.set_defaults(func=audit_fact)
+    ex = as_.add_parser("export", parents=[HOME], help="every (version, fact) as CSV or JSON")
     ex.add_argument("--format", choices=("csv", "json"), default="json")
     ex.add_argument("--out", type=Path, default=None)
-    ex.set_defaults(func=audit_export_cmd)
+    ex.set_defaults(func=audit_export)

@@ -1,0 +1,5 @@
+import sys
+
+from freshen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""``freshen edit`` (one batch of fact changes into a model, once, outside the service) and
+``freshen demo`` (the main job on the embedded ToyWorld default)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from freshen.cli.common import HOME, settings
+
+
+def demo_run(args: argparse.Namespace) -> int:
+    from freshen.demo import run_demo
+    from registry.audit import format_version
+
+    kw = {k: v for k, v in (("feed", args.feed), ("policy", args.policy)) if v is not None}
+    s = run_demo(settings(args), **kw)
+    ran = sorted(k for k, v in s["tasks"].items() if v == "success")
+    print(f"Airflow run {s['dag_run']}: {s['state']} ({len(ran)} tasks ran: {', '.join(ran)})")
+    print(format_version(s["audit"]))
+    print(f"champion: v{s['champion']} (lineage {' -> '.join(f'v{n}' for n in s['lineage'])}); "
+          f"{s['seconds']} s; summary {s['summary_file']}")
+    return 0
+
+
+def edit_run(args: argparse.Namespace) -> int:
+    from freshen.oneoff import edit_from_file
+
+    summary = edit_from_file(settings(args, model=args.model, ner_model=args.ner), args.facts, args.out,
+                             hparams=args.hparams, captions=args.captions, save_model=args.save_model)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("edit", help="apply one batch of fact changes to a model, once")
+    e.add_argument("--facts", type=Path, required=True,
+                   help="JSON Lines: id, source, target, optional entities [{text,label,start,end}]")
+    e.add_argument("--out", type=Path, required=True, help="directory for factors and diagnostics")
+    e.add_argument("--model", default=None, help="pipeline path or hub id (default: ToyWorld)")
+    e.add_argument("--ner", default=None, help="NER model for facts without entities")
+    e.add_argument("--hparams", type=Path, default=None, help="EditHParams as JSON")
+    e.add_argument("--captions", type=Path, default=None,
+                   help="caption corpus for C0, one per line (default: ToyWorld's)")
+    e.add_argument("--save-model", action="store_true", help="also save the edited pipeline")
+    e.set_defaults(func=edit_run)
+
+    d = sub.add_parser("demo", parents=[HOME], help="the main job on the embedded ToyWorld default")
+    d.add_argument("--feed", type=Path, default=None, help="feed file to drop (default: the sample feed)")
+    d.add_argument("--policy", type=Path, default=None, help="approval policy (default: the demo's)")
+    d.set_defaults(func=demo_run)
