@@ -26,19 +26,6 @@ from editing.requests import normalise
 from validation.evaluate import FactCase, ProbeSet
 
 
-class ClipFeatures(nn.Module):
-    """CLIP image embeddings of uint8 NCHW images, for torchmetrics' FID."""
-
-    def __init__(self, judge: ClipJudge):
-        super().__init__()
-        self.judge = judge
-        self.num_features = judge.model.config.projection_dim
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.judge.image_embeds(x.permute(0, 2, 3, 1).cpu().numpy()).double()
-
-
 class ClipJudge:
     def __init__(self, model: str):
         from transformers import CLIPModel, CLIPProcessor
@@ -77,12 +64,9 @@ class ClipJudge:
         return [self.labels[int(i)] for i in best]
 
     def fid(self, real: np.ndarray, fake: np.ndarray) -> float:
-        from torchmetrics.image.fid import FrechetInceptionDistance
+        from validation.fid import Features, fid
 
-        metric = FrechetInceptionDistance(feature=ClipFeatures(self), input_img_size=(3, *real.shape[1:3]))
-        metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
-        metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
-        return float(metric.compute())
+        return fid(Features(self.image_embeds, self.model.config.projection_dim), real, fake)
 
     @staticmethod
     def probes(facts: Sequence[FactCase], captions: Sequence[str], reference_dir: str | Path | None = None,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from editing.model import DiffusionModel
 from toyworld.judge import ToyJudge
@@ -77,27 +76,14 @@ def score(probes: Sequence[Probe], labels: Sequence[Visual], seeds: int) -> dict
     return out
 
 
-class JudgeFeatures(nn.Module):
-    """The judge's pooled features as a torchmetrics FID feature extractor (uint8 NCHW in)."""
-
-    def __init__(self, judge: ToyJudge):
-        super().__init__()
-        self.judge = judge
-        self.num_features = judge.config.feature_dim
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.judge.features(x.float() / 127.5 - 1).double()
-
-
 def fid(judge: ToyJudge, real: np.ndarray, fake: np.ndarray) -> float:
-    """Frechet distance in the judge's feature space (torchmetrics)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
+    """Frechet distance in the ToyWorld judge's feature space (``validation.fid``)."""
+    from validation import fid as fid_
 
-    metric = FrechetInceptionDistance(feature=JudgeFeatures(judge), input_img_size=(3, 16, 16))
-    metric.update(torch.as_tensor(real).permute(0, 3, 1, 2), real=True)
-    metric.update(torch.as_tensor(fake).permute(0, 3, 1, 2), real=False)
-    return float(metric.compute())
+    def embed(images: np.ndarray) -> torch.Tensor:
+        return judge.features(torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+
+    return fid_.fid(fid_.Features(embed, judge.config.feature_dim), real, fake)
 
 
 def clean_renders(visuals: Sequence[Visual], per: int, seed: int = 2) -> np.ndarray:
