@@ -147,6 +147,18 @@ def _captions(settings: Settings, kind: str) -> list[str]:
     return [c for c in Path(settings.captions).read_text().splitlines() if c.strip()]
 
 
+def judge_for(settings: Settings, kind: str):
+    """The evaluation's judge for a kind of model: ToyWorld's classifier and world, or CLIP
+    zero-shot with the caption corpus and the FID reference images (``validation.evaluate.Judge``)."""
+    if kind == "toyworld":
+        from validation.evaluate import ToyWorldJudge
+
+        return ToyWorldJudge(settings.judge, settings.world)
+    from validation.clip_judge import ClipJudge
+
+    return ClipJudge(settings.clip_judge, _captions(settings, kind), settings.fid_reference or None)
+
+
 def _requests(facts: list[dict]):
     from PIL import Image
 
@@ -251,7 +263,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
 def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     """Evaluate ``version`` against the champion; promote it if the GX suite passes."""
     from registry.versions import CANDIDATE, CHAMPION
-    from validation.evaluate import FactCase, ToyWorldJudge, evaluate
+    from validation.evaluate import FactCase, evaluate
     from validation.gate import Gate, GateConfig, metrics_table
 
     reg, ledger = settings.open_registry(), settings.open_ledger()
@@ -262,15 +274,8 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     cfg = GateConfig.load(settings.gate)
     facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
              for f in v.manifest["facts"]]
-    if v.manifest["base"]["kind"] == "toyworld":
-        judge = ToyWorldJudge(settings.judge, settings.world)
-        probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
-    else:
-        from validation.clip_judge import ClipJudge
-
-        judge = ClipJudge(settings.clip_judge)
-        probes = judge.probes(facts, _captions(settings, v.manifest["base"]["kind"]), settings.fid_reference or None,
-                              n_unrelated=cfg.unrelated_probes, seed=settings.seed)
+    judge = judge_for(settings, v.manifest["base"]["kind"])
+    probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
     ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
                   probe_seeds=cfg.probe_seeds, seed=settings.seed, num_inference_steps=settings.num_inference_steps,
                   guidance_scale=settings.guidance_scale)

@@ -58,11 +58,10 @@ def test_evaluation_of_a_real_model_kind(tiny_clip, tiny_sd, tmp_path):
     model, _ = tiny_sd
     for i in range(4):
         Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"r{i}.png")
-    judge = ClipJudge(str(tiny_clip))
+    judge = ClipJudge(str(tiny_clip), ["a photo of a cat", "a red apple", "a dog on a table",
+                                       "the president of the united states in a photo"], tmp_path, fid_prompts=2)
     facts = [FactCase("f:1", "the president of the united states", "tim cook", ["the united states"])]
-    probes = judge.probes(facts, ["a photo of a cat", "a red apple", "a dog on a table",
-                                  "the president of the united states in a photo"], tmp_path, n_unrelated=2,
-                          fid_prompts=2)
+    probes = judge.probes(facts, n_unrelated=2)
     assert probes.same_entity == ["the united states", "a photo of the united states"]
     assert "the president of the united states in a photo" not in probes.unrelated  # holds a source
     ev = evaluate(model, model, facts, judge, probes, fact_seeds=2, probe_seeds=1, num_inference_steps=2)

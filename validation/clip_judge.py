@@ -27,7 +27,12 @@ from validation.evaluate import FactCase, ProbeSet
 
 
 class ClipJudge:
-    def __init__(self, model: str):
+    """CLIP zero-shot over the evaluation's prompts; probes from a caption corpus; FID
+    against the images of ``reference_dir`` (none: no FID), ``fid_prompts`` prompts drawn."""
+
+    def __init__(self, model: str, captions: Sequence[str] = (), reference_dir: str | Path | None = None,
+                 fid_prompts: int = 32):
+        self.captions, self.reference_dir, self.fid_prompts = list(captions), reference_dir, fid_prompts
         from transformers import CLIPModel, CLIPProcessor
 
         path = resolve_local(model)
@@ -39,6 +44,10 @@ class ClipJudge:
                                  f"its processor: {exc}") from exc
         self.labels: list[str] = []
         self._text: torch.Tensor | None = None
+
+    def prepare(self, prompts: Sequence[str]) -> None:
+        """The labels to choose among: the evaluation's prompts."""
+        self.set_labels(prompts)
 
     def set_labels(self, texts: Sequence[str]) -> None:
         self.labels = list(dict.fromkeys(texts))
@@ -68,12 +77,14 @@ class ClipJudge:
 
         return fid(Features(self.image_embeds, self.model.config.projection_dim), real, fake)
 
-    @staticmethod
-    def probes(facts: Sequence[FactCase], captions: Sequence[str], reference_dir: str | Path | None = None,
-               n_unrelated: int = 24, fid_prompts: int = 32, seed: int = 0) -> ProbeSet:
-        """The facts' entities alone and in a photo; unrelated captions; FID prompts and the
-        reference images (every image file of ``reference_dir``), when given."""
+    def probes(self, facts: Sequence[FactCase], n_unrelated: int = 24, fid_seeds: int = 4,
+               seed: int = 0) -> ProbeSet:
+        """The facts' entities alone and in a photo; unrelated captions of the corpus; FID
+        prompts and the reference images (every image file of the reference directory),
+        when there is one and ``fid_seeds`` > 0."""
         from PIL import Image
+
+        captions, reference_dir, fid_prompts = self.captions, self.reference_dir, self.fid_prompts
 
         entities = list(dict.fromkeys(e for f in facts for e in f.entities))
         same = [t.format(e) for e in entities for t in ("{}", "a photo of {}")]
@@ -81,7 +92,7 @@ class ClipJudge:
         pool = [c for c in captions if not any(s in normalise(c) for s in sources)]
         rng = random.Random(seed)
         unrelated = rng.sample(pool, min(n_unrelated, len(pool)))
-        if not reference_dir:
+        if not reference_dir or not fid_seeds:
             return ProbeSet(same, unrelated, [], None)
         files = sorted(p for p in Path(reference_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if not files:

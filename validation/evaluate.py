@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -48,6 +49,24 @@ class ProbeSet:
     fid_reference: np.ndarray | None  # uint8 (n, h, w, 3), or None: no FID
 
 
+class Judge(Protocol):
+    """What the evaluation needs of a judge (ToyWorld's classifier, CLIP zero-shot)."""
+
+    def probes(self, facts: Sequence[FactCase], n_unrelated: int = 24, fid_seeds: int = 4,
+               seed: int = 0) -> ProbeSet:
+        """The specificity and FID probes for a batch (``fid_seeds`` 0: no FID)."""
+
+    def prepare(self, prompts: Sequence[str]) -> None:
+        """Told every prompt of the evaluation before any ``classify`` (a zero-shot judge
+        chooses among them)."""
+
+    def classify(self, images: np.ndarray) -> list:
+        """One label per uint8 (n, h, w, 3) image."""
+
+    def fid(self, real: np.ndarray, fake: np.ndarray) -> float:
+        """FID of ``fake`` against ``real`` in the judge's feature space."""
+
+
 class ToyWorldJudge:
     """ToyWorld's shipped classifier as the judge, its features for FID, its world for probes."""
 
@@ -57,6 +76,9 @@ class ToyWorldJudge:
 
         self.judge = ToyJudge.from_pretrained(judge_dir).eval()
         self.world = World.read(world_dir)
+
+    def prepare(self, prompts: Sequence[str]) -> None:
+        """Nothing to prepare: the classifier's labels are the world's visuals."""
 
     def classify(self, images: np.ndarray) -> list:
         return list(self.judge.classify(images))
@@ -100,7 +122,7 @@ def _mode(labels: Sequence) -> object:
     return Counter(labels).most_common(1)[0][0]
 
 
-def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequence[FactCase], judge,
+def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequence[FactCase], judge: Judge,
              probes: ProbeSet, fact_seeds: int = 8, probe_seeds: int = 4, seed: int = 0,
              **gen) -> Evaluation:
     """Metrics of both models on the batch's facts and the probe set (see module doc)."""
@@ -110,8 +132,7 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         raise ValueError("evaluate: no facts")
     general = [t.format(f.source) for f in facts for t in GENERALITY_TEMPLATES]
     probe_prompts = probes.same_entity + probes.unrelated
-    if hasattr(judge, "set_labels"):  # a zero-shot judge chooses among the evaluation's prompts
-        judge.set_labels([f.target for f in facts] + [f.source for f in facts] + probe_prompts)
+    judge.prepare([f.target for f in facts] + [f.source for f in facts] + probe_prompts)
     kinds = ["entity"] * len(probes.same_entity) + ["unrelated"] * len(probes.unrelated)
 
     def draw(model: DiffusionModel, prompts: Sequence[str], per: int, salt: int) -> tuple[np.ndarray, list]:
