@@ -117,12 +117,12 @@ class EditHParams:
         return cls(**d)
 
     @classmethod
-    def preset(cls, kind: str, **overrides) -> EditHParams:
-        """The tuned defaults for a kind of model ("toyworld", "stable-diffusion"):
-        ``editing/presets/<kind>.json``, with ``overrides`` on top."""
-        path = PRESETS / f"{kind}.json"
+    def preset(cls, family: str, **overrides) -> EditHParams:
+        """The tuned defaults for a family of model ("toyworld", "stable-diffusion"):
+        ``editing/presets/<family>.json``, with ``overrides`` on top."""
+        path = PRESETS / f"{family}.json"
         if not path.exists():
-            raise ValueError(f"no edit preset for model kind {kind!r} (looked for {path})")
+            raise ValueError(f"no edit preset for model family {family!r} (looked for {path})")
         return cls.from_json({**json.loads(path.read_text()), **overrides})
 
     @classmethod

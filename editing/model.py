@@ -88,10 +88,12 @@ class ResidualStream:
 class DiffusionModel:
     """A text-to-image pipeline seen as the editing method sees it."""
 
-    def __init__(self, pipe, source: str, kind: str):
+    def __init__(self, pipe, source: str, family: str):
         self.pipe = pipe
         self.source = source  # local path or hub id it came from
-        self.kind = kind  # "toyworld" or "stable-diffusion"
+        # the family of model, "toyworld" or "stable-diffusion": the key of the presets, the
+        # judge and the caption corpus (a fact change's own ``kind`` is something else)
+        self.family = family
         self._base_hash: str | None = None
         self.pipe.set_progress_bar_config(disable=True)
         self.text_encoder.requires_grad_(False)
@@ -246,7 +248,7 @@ class DiffusionModel:
         g = torch.Generator().manual_seed(seed)
         kw = {k: v for k, v in (("num_inference_steps", num_inference_steps),
                                 ("guidance_scale", guidance_scale)) if v is not None}
-        if self.kind == "toyworld":
+        if self.family == "toyworld":
             return self.pipe(list(prompts) if prompts is not None else None, generator=g,
                              prompt_embeds=prompt_embeds, prompt_mask=prompt_mask, **kw)
         if prompt_embeds is None:
@@ -345,7 +347,7 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
     custom = pipeline_class(class_name)
     if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
         pipe = custom.from_pretrained(local, torch_dtype=dtype)
-        return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_kind)
+        return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family)
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(local, torch_dtype=dtype, safety_checker=None,
@@ -356,7 +358,7 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
 def pipeline_class(name: str | None) -> type | None:
     """The pipeline class an installed package registers under ``name`` in the
     ``freshen.pipelines`` entry-point group (ToyWorld's: pyproject.toml), or None; its
-    ``model_kind`` names the kind of model (the presets' and the gate's key)."""
+    ``model_family`` names the family of model (the presets' and the gate's key)."""
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group=PIPELINES) if ep.name == name]

@@ -10,7 +10,10 @@ A feed is a JSON Lines file (one object per line) or a CSV file with the same co
 | target_images | list of paths (CSV: separated by ``;``) | no | destination images, relative to the feed file |
 | observed_at | ISO-8601 timestamp | no | when the change was observed |
 | ref | string | no | where the change comes from |
-| kind | ``update`` (default), ``erase``, ``rectify`` | no | |
+| kind | ``update`` (default) or ``rectify`` (a wrong depiction corrected: the same edit) | no | |
+
+``erase`` (EMCID's erasure: the source should stop depicting its concept) is not supported
+yet: a row with it is rejected with that reason, so nothing is edited it did not ask for.
 
 Reading (``read_records``) streams a file a line at a time and only decides what must be
 decided before a row has fields at all: a line that is not UTF-8, longer than
@@ -33,7 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("update", "erase", "rectify")
+KINDS = ("update", "rectify")
+KINDS_TEXT = "update or rectify (erase is not supported yet)"  # what a rejection of `kind` says
 STRING_FIELDS = ("id", "source", "target", "ref", "kind", "observed_at")
 KNOWN_FIELDS = (*STRING_FIELDS, "target_images")
 MAX_LINE_BYTES = 64 * 1024  # a longer line is rejected without being parsed

@@ -42,7 +42,7 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
     model = load_model(settings.model)
     if captions is not None:
         corpus = [c for c in Path(captions).read_text().splitlines() if c.strip()]
-    elif model.kind == "toyworld":
+    elif model.family == "toyworld":
         corpus = World.read(settings.world).captions()
     else:
         raise ValueError("freshen edit: a real model needs --captions (a caption corpus for C0)")
@@ -55,7 +55,7 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
             r["entities"] = [e.__dict__ for e in ents]
     requests = [EditRequest(r["id"], r["source"], r["target"],
                             entities=[Entity(**e) for e in r["entities"]]) for r in rows]
-    hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.kind, seed=settings.seed)
+    hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.family, seed=settings.seed)
     t0 = time.time()
     result = edit(model, requests, hp=hp, captions=corpus, cache_dir=settings.home / "cache",
                   model_hash=model.base_hash, progress=True)

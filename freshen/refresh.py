@@ -121,7 +121,7 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     parent = reg.champion()
     base = reg.version(parent).manifest["base"]
     hp = (EditHParams.load(Path(settings.hparams)) if settings.hparams
-          else EditHParams.preset(base["kind"], seed=settings.seed))
+          else EditHParams.preset(base["family"], seed=settings.seed))
     facts = [_fact(r) for r in rows]
     key = batch_key(parent, base["hash"], facts, hp.to_json())
     done = reg.find_batch(key)
@@ -136,27 +136,27 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     return batch
 
 
-def _captions(settings: Settings, kind: str) -> list[str]:
+def _captions(settings: Settings, family: str) -> list[str]:
     """The caption corpus: ToyWorld's own, or the file ``FRESHEN_CAPTIONS`` for a real model."""
     from toyworld.world import World
 
-    if kind == "toyworld" and not settings.captions:
+    if family == "toyworld" and not settings.captions:
         return World.read(settings.world).captions()
     if not settings.captions:
         raise ValueError("a real model needs a caption corpus: set FRESHEN_CAPTIONS to a text file, one per line")
     return [c for c in Path(settings.captions).read_text().splitlines() if c.strip()]
 
 
-def judge_for(settings: Settings, kind: str):
-    """The evaluation's judge for a kind of model: ToyWorld's classifier and world, or CLIP
+def judge_for(settings: Settings, family: str):
+    """The evaluation's judge for a family of model: ToyWorld's classifier and world, or CLIP
     zero-shot with the caption corpus and the FID reference images (``validation.evaluate.Judge``)."""
-    if kind == "toyworld":
+    if family == "toyworld":
         from validation.evaluate import ToyWorldJudge
 
         return ToyWorldJudge(settings.judge, settings.world)
     from validation.clip_judge import ClipJudge
 
-    return ClipJudge(settings.clip_judge, _captions(settings, kind), settings.fid_reference or None)
+    return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None)
 
 
 def _requests(facts: list[dict]):
@@ -238,7 +238,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
         hp = EditHParams.from_json(batch.hparams)
         layers = hp.edit_layers(model.n_layers)
         base = reg.version(batch.parent).manifest["base"]
-        captions = _captions(settings, base["kind"])
+        captions = _captions(settings, base["family"])
         requests = _requests(batch.facts)
         # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached);
         # then the parent's chain is replayed on the same copy, which becomes the parent
@@ -274,7 +274,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     cfg = GateConfig.load(settings.gate)
     facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
              for f in v.manifest["facts"]]
-    judge = judge_for(settings, v.manifest["base"]["kind"])
+    judge = judge_for(settings, v.manifest["base"]["family"])
     probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
     ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
                   probe_seeds=cfg.probe_seeds, seed=settings.seed, num_inference_steps=settings.num_inference_steps,

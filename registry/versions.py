@@ -193,8 +193,12 @@ class Registry:
         """A run's manifest (written once, never changed: read once per Registry)."""
         if run_id not in self._manifests:
             with tempfile.TemporaryDirectory() as tmp:
-                self._manifests[run_id] = json.loads(Path(self.mlflow.artifacts.download_artifacts(
+                m = json.loads(Path(self.mlflow.artifacts.download_artifacts(
                     run_id=run_id, artifact_path=MANIFEST, dst_path=tmp)).read_text())
+            # manifests written before 2026-12-02 call the base's family "kind"
+            if "base" in m and "family" not in m["base"]:
+                m["base"]["family"] = m["base"].get("kind")
+            self._manifests[run_id] = m
         return self._manifests[run_id]
 
     def versions(self) -> list[int]:
@@ -276,7 +280,7 @@ class Registry:
         manifest = {"name": self.name, "parent": None, "base": self._base_entry(base, model), "chain": [],
                     "facts": [], "hparams": None, "code_version": code_version(), "created_by": by,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        run_id = self._upload(manifest, None, {T + "kind": "base", T + "batch_key": "base"})
+        run_id = self._upload(manifest, None, {T + "role": "base", T + "batch_key": "base"})
         mv = self._create_version(run_id, {T + "parent": "", T + "facts": "0", T + "gate": "base"})
         self.client.set_registered_model_alias(self.name, CHAMPION, mv)
         return self.version(mv)
@@ -285,7 +289,7 @@ class Registry:
     def _base_entry(ref: str, model: DiffusionModel) -> dict:
         path = Path(ref)
         ref = str(path.resolve()) if path.exists() else ref
-        return {"ref": ref, "hash": model.base_hash, "kind": model.kind}
+        return {"ref": ref, "hash": model.base_hash, "family": model.family}
 
     def find_batch(self, key: str) -> int | None:
         found = self.client.search_model_versions(f"name='{self.name}' and tag.`{T}batch_key`='{key}'")
@@ -308,7 +312,7 @@ class Registry:
                     "chain": [] if edit.from_base else list(p.manifest["chain"]), "facts": facts, "hparams": hparams,
                     "code_version": code_version(), "created_by": by, "batch_key": key,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
-        return self._upload(manifest, edit, {T + "kind": "batch", T + "batch_key": key,
+        return self._upload(manifest, edit, {T + "role": "batch", T + "batch_key": key,
                                              T + "parent": str(parent)})
 
     def register_run(self, run_id: str) -> int:

@@ -110,7 +110,8 @@ def test_data_docs_show_every_rule(tmp_path, toy_tokenizer):
     (page,) = (rules.docs_index.parent / "validations").rglob("*.html")
     text = html.unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
     for rule in ("`source` is required", "`id`, when given, is a string", "`target` has no control characters",
-                 "`source` is not empty or only spaces", "`kind`, when given, is one of update, erase, rectify",
+                 "`source` is not empty or only spaces",
+                 "`kind`, when given, is update or rectify (erase is not supported yet)",
                  "`observed_at`, when given, is an ISO-8601 timestamp", "every field is one of the contract's",
                  "`target` is not empty, or `target_images` are given",
                  f"`source` fits the text encoder's {toy_tokenizer.model_max_length} tokens",

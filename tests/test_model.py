@@ -143,7 +143,7 @@ def test_missing_model_names_itself(tmp_path):
 def test_tiny_sd_round_trip(tiny_sd):
     original, path = tiny_sd
     loaded = load_model(path)
-    assert loaded.kind == "stable-diffusion" and loaded.n_layers == 3
+    assert loaded.family == "stable-diffusion" and loaded.n_layers == 3
     prompts = ["the president of the united states", "a photo of a cat"]
     a = original.generate(prompts, seed=0, num_inference_steps=3)
     b = loaded.generate(prompts, seed=0, num_inference_steps=3)

@@ -70,7 +70,7 @@ class ToyDiffusionPipeline(DiffusionPipeline):
     """Pixel-space text-to-image pipeline with Stable Diffusion's component classes."""
 
     model_cpu_offload_seq = "text_encoder->unet"
-    model_kind = "toyworld"  # what editing.model.load_model calls a model of this pipeline
+    model_family = "toyworld"  # what editing.model.load_model calls a model of this pipeline
 
     def __init__(self, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                  unet: UNet2DConditionModel, scheduler: DDPMScheduler,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.contract import KINDS, KNOWN_FIELDS, STRING_FIELDS, Record, Rejection, target_images
+from feeds.contract import KINDS, KINDS_TEXT, KNOWN_FIELDS, STRING_FIELDS, Record, Rejection, target_images
 
 SUITE = "feed_rows"
 REQUIRED = ("id", "source")
@@ -120,8 +120,8 @@ def rules(e, max_tokens: int) -> Iterator[Rule]:
         column="has_destination", value_set=[True], description="`target` is not empty, or `target_images` are given"),
         "target", "is empty and no target_images are given")
     yield Rule(e.ExpectColumnValuesToBeInSet(
-        column="kind", value_set=list(KINDS), description=f"`kind`, when given, is one of {', '.join(KINDS)}"),
-        "kind", f"must be one of {', '.join(KINDS)}, got {{kind!r}}")
+        column="kind", value_set=list(KINDS), description=f"`kind`, when given, is {KINDS_TEXT}"),
+        "kind", f"must be {KINDS_TEXT}, got {{kind!r}}")
     yield Rule(e.ExpectColumnValuesToBeInSet(
         column="observed_at_is_iso", value_set=[True],
         description="`observed_at`, when given, is an ISO-8601 timestamp"),
