@@ -5,7 +5,8 @@ world, standalone concepts; at most a quarter of the changes revise a fact chang
 is applied batch by batch by every method. At each checkpoint (edit count) the shipped
 judge labels images of
 - efficacy: each live fact's source shows its latest target;
-- generality: its held-out context (``generality_contexts``) and its paraphrases
+- generality: its held-out context (``generality_contexts``; left out where a method's own
+  context templates include it) and its paraphrases
   (``generality_paraphrases``, also divided by the unedited model's own accuracy on the
   same paraphrases with the world's visuals: ``generality_paraphrases_vs_unedited``);
 - specificity: the *reserved* facts (entities and concepts no stream ever touches; the small
@@ -152,15 +153,19 @@ def sample(items: list, n: int | None, seed: int = 0) -> list:
     return [x for i, x in enumerate(items) if i in keep]
 
 
-def probes(world: World, current: dict[str, Visual], reserved: list[Fact], per_kind: int | None = None) -> Probes:
+def probes(world: World, current: dict[str, Visual], reserved: list[Fact], per_kind: int | None = None,
+           edit_templates: tuple[str, ...] = ("{}",)) -> Probes:
     """The probes of one checkpoint; ``per_kind``: at most that many live facts (a seeded
-    sample, the same for every method at one size) and reserved facts (the same at every size)."""
+    sample, the same for every method at one size) and reserved facts (the same at every size).
+    Held-out contexts that are among a method's ``edit_templates`` (the contexts its keys and
+    Stage I read) are left out of its ``generality_contexts``: they are not held out from it."""
     by_id = {f.id: f for f in world.facts}
     live = sample([(by_id[i], v) for i, v in sorted(current.items())], per_kind, seed=len(current))
     reserved = sample(reserved, per_kind)
     return Probes({
         "efficacy": [(f.prompt, v) for f, v in live],
-        "generality_contexts": [(f.heldout_context.format(f.prompt), v) for f, v in live],
+        "generality_contexts": [(f.heldout_context.format(f.prompt), v) for f, v in live
+                                if f.heldout_context not in edit_templates],
         "generality_paraphrases": [(p, v) for f, v in live for p in f.paraphrases],
         "specificity_reserved": [(f.prompt, f.visual) for f in reserved],
         "specificity_attributes": world.attribute_prompts(),
@@ -201,9 +206,12 @@ class _Run:
 
 def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
         seed: int = 0, out: Path | None = None, command: str = "", max_edits: dict[str, int] | None = None,
-        threads: int | None = None, stage1_dir: Path | None = None, probe_facts: int | None = None) -> dict:
+        threads: int | None = None, stage1_dir: Path | None = None, probe_facts: int | None = None,
+        resume: dict | None = None) -> dict:
     """Every method on the same stream, size by size (so a stopped run still compares them
-    side by side); ``max_edits``: a method stops after that many edits."""
+    side by side); ``max_edits``: a method stops after that many edits; ``resume``: the rows
+    of an earlier run of the same configuration, kept instead of measured again (the chains
+    are replayed up to them: Stage II from the cached Stage I targets, no evaluation)."""
     where = world_paths(world_name)
     world = World.read(where.data_dir)
     judge = ToyJudge.from_pretrained(where.judge_dir).eval()
@@ -230,7 +238,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     moments = {}  # the whole corpus's key moments on the base, per [BOS] choice: C0 by subtraction
     for skip_bos in sorted({r.hp.c0_skip_bos for r in runs.values()}):
         moments[skip_bos] = key_moments(base, preset.edit_layers(base.n_layers), captions, skip_bos=skip_bos)
-    base_cache: dict[int, tuple[dict, dict]] = {}
+    base_cache: dict[tuple, tuple[dict, dict]] = {}
     stage1_cache: dict[str, torch.Tensor] = {}
     by_id = {f.id: f for f in world.facts}
     for n in sorted(sizes):
@@ -258,12 +266,19 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
                 r.current.update(dict(batch))
                 norms = e.meta.get("update_norm", {})
             r.done = n
-            pr = probes(world, r.current, reserved, probe_facts)
+            earlier = (resume or {}).get("methods", {}).get(name, {}).get(str(n))
+            if earlier is not None:
+                r.rows[str(n)] = earlier
+                results["methods"][name] = r.rows
+                print(json.dumps({"method": name, "edits": n, "resumed": True}), flush=True)
+                continue
+            templates = tuple(r.hp.context_templates)
+            pr = probes(world, r.current, reserved, probe_facts, templates)
             metrics, images = judge_probes(r.model, judge, pr, seeds)
-            if n not in base_cache:  # the unedited model on the same probes, with the world's visuals
-                unedited_pr = probes(world, {i: by_id[i].visual for i in r.current}, reserved, probe_facts)
-                base_cache[n] = judge_probes(base, judge, unedited_pr, seeds)
-            base_metrics, base_images = base_cache[n]
+            if (n, templates) not in base_cache:  # the unedited model on the same probes, with the world's visuals
+                unedited_pr = probes(world, {i: by_id[i].visual for i in r.current}, reserved, probe_facts, templates)
+                base_cache[n, templates] = judge_probes(base, judge, unedited_pr, seeds)
+            base_metrics, base_images = base_cache[n, templates]
             fake = np.concatenate([images["specificity_reserved"], images["specificity_attributes"]])
             fake_base = np.concatenate([base_images["specificity_reserved"], base_images["specificity_attributes"]])
             fid_edit, fid_base = fid(judge, renders, fake), fid(judge, renders, fake_base)
@@ -367,6 +382,8 @@ def main() -> None:
                          '"beta": 0.1}\' (then name it in --methods)')
     ap.add_argument("--max-edits-for", default="", help="METHOD=N,...: stop a method after N edits")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already in --out (same configuration) and measure only the rest")
     ap.add_argument("--stage1-cache", type=Path, default=None,
                     help="directory keeping Stage I's targets per batch across runs (the targets are the "
                          "base's, so every run of the same stream and Stage I settings shares them)")
@@ -383,10 +400,15 @@ def main() -> None:
     command += "".join(f" --variant '{v}'" for v in args.variant)
     if args.max_edits_for:
         command += f" --max-edits-for {args.max_edits_for}"
+    resume = None
+    if args.resume and args.out.is_file():
+        resume = json.loads(args.out.read_text())
+        if resume.get("command") != command:
+            raise SystemExit(f"--resume: {args.out} was made by another command ({resume.get('command')!r})")
     t0 = time.time()
     results = run(args.world, [int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
                   args.methods.split(","), seed=args.seed, out=args.out, command=command, max_edits=max_edits,
-                  stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None)
+                  stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None, resume=resume)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} and {chart(results, args.out.with_suffix('.png'))}")
