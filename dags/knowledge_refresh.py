@@ -98,18 +98,19 @@ with DAG(
     def gate(version: int | None) -> dict:
         """Candidate vs champion; GX suite; promote or hold."""
         from freshen.refresh import gate as run
+        from freshen.results import GateResult
 
         if version is None:
-            return {"status": "nothing to do"}
-        r = run(_settings(), version)
-        return {k: r.get(k) for k in ("version", "status", "champion", "reasons", "grid", "docs_page")}
+            return GateResult("nothing to do", None).to_json()
+        return run(_settings(), version).to_json()
 
     @task
     def audit(verdict: dict) -> dict:
         """Summary of the run for the UI: champion, facts added, gate verdict, grid path."""
         from freshen.refresh import audit_summary
+        from freshen.results import GateResult
 
-        return audit_summary(_settings(), verdict)
+        return audit_summary(_settings(), GateResult.from_json(verdict))
 
     batch = plan()
     approval_done = ingest() >> ner() >> approval

@@ -345,14 +345,34 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
         raise ModelLoadError(f"{local} has no model_index.json: not a diffusers pipeline directory")
     class_name = json.loads(index.read_text()).get("_class_name")
     custom = pipeline_class(class_name)
-    if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
-        pipe = custom.from_pretrained(local, torch_dtype=dtype)
-        return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family)
-    from diffusers import StableDiffusionPipeline
+    with quiet_loading():
+        if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
+            pipe = custom.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False)
+            return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family)
+        from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(local, torch_dtype=dtype, safety_checker=None,
-                                                   requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False,
+                                                       safety_checker=None, requires_safety_checker=False)
     return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion")
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars from diffusers and transformers while a model loads: a load takes
+    well under a second here, and the benchmarks and the service load models many times."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def pipeline_class(name: str | None) -> type | None:

@@ -1,38 +1,45 @@
-"""Labelled PNG grids of generated images (demo, before/after of a version)."""
+"""The before/after PNG of a version: one row per fact, before | after | target, every image
+with the judge's label."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def labelled_grid(rows: Sequence[tuple[str, np.ndarray]], header: Sequence[str] = (),
-                  scale: int = 4, label_width: int = 330, pad: int = 4) -> Image.Image:
-    """One row per (label, images (n, h, w, 3) uint8): the label on the left, then the
-    images enlarged ``scale`` times. ``header`` labels the columns."""
+def label_text(label: object) -> str:
+    """A judge's label as a short caption: a ToyWorld visual's colour and shape, a CLIP
+    judge's chosen prompt as it is."""
+    if hasattr(label, "colour") and hasattr(label, "shape"):
+        return f"{label.colour} {label.shape}"
+    return str(label)
+
+
+def comparison_grid(facts: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequence[str]]]]],
+                    columns: Sequence[str], scale: int = 5, pad: int = 6, caption: int = 12) -> Image.Image:
+    """One row per fact: its title above, then one panel per column (before | after |
+    target), each a few images side by side with the judge's label under every image.
+    ``facts``: (title, [(images (k, h, w, 3) uint8, labels) per column])."""
     font = ImageFont.load_default()
-    n_cols = max(len(imgs) for _, imgs in rows)
-    h, w = rows[0][1].shape[1:3]
-    cell_h, cell_w = h * scale + pad, w * scale + pad
-    top = 16 if header else 0
-    canvas = Image.new("RGB", (label_width + n_cols * cell_w + pad, top + len(rows) * cell_h + pad),
-                       (250, 250, 250))
+    k = max(len(imgs) for _, panels in facts for imgs, _ in panels)
+    h, w = facts[0][1][0][0].shape[1:3]
+    tile_w, tile_h = w * scale, h * scale
+    panel_w = k * (tile_w + pad) + pad
+    title_h, row_h = 14, 14 + tile_h + caption + pad
+    canvas = Image.new("RGB", (len(columns) * (panel_w + pad) + pad, 16 + len(facts) * (row_h + pad)), (250, 250, 250))
     draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(header):
-        draw.text((label_width + j * cell_w + pad, 2), text, fill=(0, 0, 0), font=font)
-    for i, (label, imgs) in enumerate(rows):
-        y = top + i * cell_h + pad
-        draw.text((pad, y + cell_h // 2 - 8), label, fill=(0, 0, 0), font=font)
-        for j, img in enumerate(imgs):
-            tile = Image.fromarray(img).resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(tile, (label_width + j * cell_w + pad, y))
+    for c, name in enumerate(columns):
+        draw.text((pad + c * (panel_w + pad) + pad, 2), name, fill=(0, 0, 0), font=font)
+    for r, (title, panels) in enumerate(facts):
+        y = 16 + r * (row_h + pad)
+        draw.text((pad, y), title, fill=(0, 0, 90), font=font)
+        for c, (imgs, labels) in enumerate(panels):
+            x0 = pad + c * (panel_w + pad)
+            draw.rectangle([x0, y + title_h - 2, x0 + panel_w, y + row_h], outline=(200, 200, 200))
+            for j, (img, lab) in enumerate(zip(imgs, labels, strict=True)):
+                x = x0 + pad + j * (tile_w + pad)
+                canvas.paste(Image.fromarray(img).resize((tile_w, tile_h), Image.NEAREST), (x, y + title_h))
+                draw.text((x, y + title_h + tile_h + 1), label_text(lab)[:tile_w // 6], fill=(60, 60, 60), font=font)
     return canvas
-
-
-def save_grid(path: Path, rows: Sequence[tuple[str, np.ndarray]], header: Sequence[str] = ()) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    labelled_grid(rows, header).save(path)
-    return path

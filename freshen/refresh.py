@@ -23,6 +23,7 @@ import numpy as np
 
 from freshen.config import Settings
 from freshen.errors import FreshenError
+from freshen.results import GateResult, PromoteResult
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,13 @@ def tag_new_entities(settings: Settings) -> int:
     return tag_entities(settings.open_ledger(), NerTagger(settings.ner_model))
 
 
-def audit_summary(settings: Settings, verdict: dict) -> dict:
+def audit_summary(settings: Settings, verdict: GateResult) -> dict:
     """What a run leaves for the UI: champion, the facts it holds now, verdict, grid path."""
     reg = settings.open_registry()
     champion = reg.champion()
     facts = [f"{k}" for _, keys in lineage_facts(reg, champion) for k in keys]
-    return {"champion": champion, "champion_facts": facts, "verdict": verdict.get("status"),
-            "version": verdict.get("version"), "reasons": verdict.get("reasons"), "grid": verdict.get("grid")}
+    return {"champion": champion, "champion_facts": facts, "verdict": verdict.status,
+            "version": verdict.version, "reasons": verdict.reasons, "grid": verdict.grid}
 
 
 def init_registry(settings: Settings, by: str = "freshen"):
@@ -260,7 +261,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     return version
 
 
-def gate(settings: Settings, version: int, by: str = "gate") -> dict:
+def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     """Evaluate ``version`` against the champion; promote it if the GX suite passes."""
     from registry.versions import CANDIDATE, CHAMPION
     from validation.evaluate import FactCase, evaluate
@@ -270,7 +271,8 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
     v = reg.version(version)
     champion = reg.champion()
     if v.gate in ("passed", "rejected"):
-        return {"version": version, "status": v.gate, "champion": champion, "already": True}
+        return GateResult(v.gate, champion, version, reasons=v.tags.get("freshen.gate_reasons", "").strip("-"),
+                          already=True)
     cfg = GateConfig.load(settings.gate)
     facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
              for f in v.manifest["facts"]]
@@ -306,8 +308,8 @@ def gate(settings: Settings, version: int, by: str = "gate") -> dict:
         ledger.sync_champion(reg.name, lineage_facts(reg, version), [], by, "gate passed")
     else:
         ledger.sync_champion(reg.name, [], [(version, keys)], by, f"gate rejected: {verdict.reasons()}")
-    return {"version": version, "status": verdict.status, "champion": reg.champion(), "reasons": verdict.reasons(),
-            "table": verdict.table, "grid": str(grid), "docs_page": verdict.docs_page, "gate_dir": str(out)}
+    return GateResult(verdict.status, reg.champion(), version, reasons=verdict.reasons(), table=verdict.table,
+                      grid=str(grid), docs_page=verdict.docs_page, gate_dir=str(out))
 
 
 def lineage(reg, version: int) -> list[int]:
@@ -319,7 +321,7 @@ def lineage_facts(reg, version: int) -> list[tuple[int, list[str]]]:
     return [(n, [f["key"] for f in reg.version(n).manifest["facts"]]) for n in lineage(reg, version)]
 
 
-def promote(settings: Settings, version: int, by: str, reason: str) -> dict:
+def promote(settings: Settings, version: int, by: str, reason: str) -> PromoteResult:
     """Move the champion to ``version`` by hand (a rollback, or overruling the gate)."""
     from registry.versions import CHAMPION
 
@@ -334,35 +336,39 @@ def promote(settings: Settings, version: int, by: str, reason: str) -> dict:
     reg.tag(target, promoted_by=by)
     ledger.version_event(reg.name, target, "promoted", by, {"from": old, "reason": reason, "manual": True})
     ledger.sync_champion(reg.name, lineage_facts(reg, target), dropped, by, f"promoted by hand: {reason}")
-    return {"champion": target, "previous": old, "by": by, "reason": reason,
-            "dropped_versions": [n for n, _ in dropped]}
+    return PromoteResult(target, old, by, reason, [n for n, _ in dropped])
 
 
-def before_after_grid(path: Path, ev, facts: list[dict], parent: int, version: int, per: int = 4) -> Path:
-    from freshen.grid import save_grid
+def before_after_grid(path: Path, ev, facts: list[dict], parent: int, version: int, per: int = 3) -> Path:
+    """One row per fact: the champion's images of the source | the candidate's | the
+    champion's of the target, each with the judge's label (the first ``per`` seeds)."""
+    from freshen.grid import comparison_grid
 
     fs = ev.seeds["fact_seeds"]
     rows = []
     for i, f in enumerate(facts):
         sl = slice(i * fs, i * fs + per)
-        rows += [(f"v{parent}: {f['source']}", ev.images["champion:source"][sl]),
-                 (f"v{version}: {f['source']}", ev.images["candidate:source"][sl]),
-                 (f"target (v{parent}): {f['target']}", ev.images["champion:target"][sl])]
-    return save_grid(path, rows, header=[f"seed #{j}" for j in range(per)])
+        rows.append((f"{f['key']}: {f['source']} -> {f['target']}",
+                     [(ev.images[k][sl], ev.labels[k][sl]) for k in ("champion:source", "candidate:source",
+                                                                      "champion:target")]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comparison_grid(rows, [f"before: v{parent}, source", f"after: v{version}, source",
+                           f"target (v{parent})"]).save(path)
+    return path
 
 
-def refresh(settings: Settings, by: str = "freshen", limit: int | None = None) -> dict:
+def refresh(settings: Settings, by: str = "freshen", limit: int | None = None) -> GateResult:
     """plan -> Stage I -> Stage II + register -> gate, in one process. Nothing approved: no-op."""
     init_registry(settings)
     batch = plan_batch(settings, limit=limit)
     if batch is None:
-        return {"status": "nothing to do", "champion": settings.open_registry().champion()}
+        return GateResult("nothing to do", settings.open_registry().champion())
     t0 = time.time()
     stage1(settings, batch.dir)
     t1 = time.time()
     version = stage2(settings, batch.dir, by=by)
     t2 = time.time()
     result = gate(settings, version)
-    result["seconds"] = {"stage1": round(t1 - t0, 1), "stage2_register": round(t2 - t1, 1),
-                         "gate": round(time.time() - t2, 1)}
+    result.seconds = {"stage1": round(t1 - t0, 1), "stage2_register": round(t2 - t1, 1),
+                      "gate": round(time.time() - t2, 1)}
     return result

@@ -124,7 +124,7 @@ class Story:
         s = settings(self.home)
         r = refresh.gate(s, 2)
         reg = Registry.from_settings(s)
-        return r | dict(aliases_after={"champion": reg.alias("champion"), "candidate": reg.alias("candidate")})
+        return dict(result=r, aliases_after={"champion": reg.alias("champion"), "candidate": reg.alias("candidate")})
 
     def batch_b(self) -> dict:
         logo0 = self.facts("logo")[0]
@@ -215,13 +215,16 @@ def test_batch_registers_a_candidate_with_manifest_and_tags(home, story):
 
 
 def test_gate_promotes_a_passing_candidate(home, story):
-    r = story("gate_a")
-    assert r["status"] == "passed" and r["champion"] == 2
-    assert r["aliases_after"] == {"champion": 2, "candidate": None}
+    g = story("gate_a")
+    r = g["result"]
+    assert r.passed and r.status == "passed" and r.champion == 2 and r.version == 2
+    assert g["aliases_after"] == {"champion": 2, "candidate": None}
     reg = Registry.from_settings(settings(home))
     assert reg.version(2).tags["freshen.gate"] == "passed"
-    assert {row["metric"] for row in r["table"]} >= {"efficacy", "generality", "specificity", "fid"}
-    assert Path(r["docs_page"]).is_file() and Path(r["grid"]).is_file()
+    assert {row["metric"] for row in r.table} >= {"efficacy", "generality", "specificity", "fid"}
+    assert Path(r.docs_page).is_file() and Path(r.grid).is_file()
+    again = refresh.gate(settings(home), 2)  # gated once: the recorded verdict
+    assert again.already and again.status == "passed"
     arts = {a.path for a in reg.client.list_artifacts(reg.version(2).run_id, "gate")}
     assert {"gate/gate.json", "gate/gate_table.csv"} <= arts
 
@@ -231,7 +234,7 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
     logo0 = b["logo0"]
     s = settings(home)
     assert b["batch"].parent == 2 and b["version"] == 3
-    assert b["gate"]["status"] == "passed"
+    assert b["gate"].status == "passed"
     reg = Registry.from_settings(s)
     assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
     # the live fact set: the latest change of each source (b2 revises a1's source)
@@ -269,12 +272,12 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
 def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, story):
     h = story("harmful")
     v, r = h["version"], h["gate"]
-    assert r["status"] == "rejected", r["table"]
-    assert "specificity" in r["reasons"] or "FID" in r["reasons"]
+    assert r.status == "rejected" and not r.passed, r.table
+    assert "specificity" in r.reasons or "FID" in r.reasons
     s = settings(home, gate="default", **HARMFUL)
     reg = Registry.from_settings(s)
     assert h["champion"] == 3 and reg.version(v).tags["freshen.gate"] == "rejected"
-    assert reg.version(v).tags["freshen.gate_reasons"] == r["reasons"]
+    assert reg.version(v).tags["freshen.gate_reasons"] == r.reasons
     assert h["statuses"] == {"pending"}  # back to the steward
     a = audit_version(s.open_registry(), s.open_ledger(), v)
     assert a["gate"]["status"] == "rejected" and a["gate"]["failed"] and not a["promotions"]
@@ -288,7 +291,7 @@ def test_the_same_rejected_batch_is_not_edited_again(story):
 def test_rollback_moves_champion_and_is_audited(home, story):
     r = story("rollback")
     s = settings(home)
-    assert r["champion"] == 2 and r["dropped_versions"] == [3]
+    assert r.champion == 2 and r.previous == 3 and r.dropped_versions == [3]
     reg = Registry.from_settings(s)
     assert reg.alias("champion") == 2
     a = audit_version(s.open_registry(), s.open_ledger(), 2)

@@ -116,6 +116,7 @@ class Evaluation:
     images: dict[str, np.ndarray]  # "champion:source", "candidate:source", "champion:target" (fact-major)
     seeds: dict[str, int]
     seconds: float
+    labels: dict[str, list] = field(default_factory=dict)  # the judge's label of each image, same keys
 
 
 def _mode(labels: Sequence) -> object:
@@ -144,12 +145,14 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
     expected = [_mode(ref_lab[i * fact_seeds:(i + 1) * fact_seeds]) for i in range(n)]
     out: dict[str, dict[str, float]] = {}
     images: dict[str, np.ndarray] = {"champion:target": ref_img}
+    labels: dict[str, list] = {"champion:target": list(ref_lab)}
     per_fact = [{"key": f.key, "source": f.source, "target": f.target, "expected": str(expected[i])}
                 for i, f in enumerate(facts)]
     probe_expected = None
     for name, model in (("champion", champion), ("candidate", candidate)):
         src_img, src_lab = draw(model, [f.source for f in facts], fact_seeds, 2)
         images[f"{name}:source"] = src_img
+        labels[f"{name}:source"] = list(src_lab)
         _, gen_lab = draw(model, general, probe_seeds, 3)
         _, probe_lab = draw(model, probe_prompts, probe_seeds, 4)
         if probe_expected is None:  # the champion's own answer is what specificity keeps
@@ -175,4 +178,4 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
             per_fact[i][f"efficacy_{name}"] = round(float(eff[i]), 4)
     return Evaluation(out["candidate"], out["champion"], per_fact, images,
                       {"fact_seeds": fact_seeds, "probe_seeds": probe_seeds, "seed": seed},
-                      round(time.time() - t0, 1))
+                      round(time.time() - t0, 1), labels)

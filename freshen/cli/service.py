@@ -42,9 +42,9 @@ def registry_promote(args: argparse.Namespace) -> int:
     from freshen.refresh import promote
 
     r = promote(settings(args), args.version, by=args.by, reason=args.reason)
-    print(f"champion: v{r['champion']} (was v{r['previous']}), by {r['by']}: {r['reason']}")
-    if r["dropped_versions"]:
-        print(f"facts of v{', v'.join(map(str, r['dropped_versions']))} went back to pending")
+    print(f"champion: v{r.champion} (was v{r.previous}), by {r.by}: {r.reason}")
+    if r.dropped_versions:
+        print(f"facts of v{', v'.join(map(str, r.dropped_versions))} went back to pending")
     return 0
 
 
@@ -52,7 +52,7 @@ def refresh_run(args: argparse.Namespace) -> int:
     from freshen.refresh import refresh
 
     r = refresh(settings(args), by=args.by, limit=args.limit)
-    print(json.dumps(r, indent=1, default=str))
+    print(json.dumps(r.to_json(), indent=1, default=str))
     return 0
 
 
