@@ -68,6 +68,10 @@ class EditHParams:
     # per entity. 0 = off
     mention_weight: float = 0.0
     mention_max: int = 64
+    # hard preservation of the same mentions (beyond the papers): the directions that hold
+    # 99% of their keys' energy inside P are removed from P's range for that batch, so the
+    # batch's entities keep what the rest of the corpus says of them exactly (as C0's span)
+    protect_mentions: bool = False
     # EMCID's C0 term inside the null-space solve (beyond the papers): c0_weight * C0 joins
     # Kp Kp^T, so the corpus keys that the relative cut leaves in P's range are held too,
     # in proportion to their energy. 0 = Eq. 7 as published

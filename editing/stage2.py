@@ -14,7 +14,8 @@ Kp Kp^T is the state's, less the earlier keys of facts this batch changes again
 (``EditState.kp``) or, with ``hp.refresh_kp``, the live facts' keys read on the model as
 it is now (``EditState.live``, a ``SubjectStream`` moving up with the edit), plus, with
 ``hp.mention_weight``, the keys at the batch entities'
-mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers),
+mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers; with
+``hp.protect_mentions`` their leading directions also leave P's range: hard preservation),
 plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
 papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
@@ -37,12 +38,19 @@ from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
 
 
-def protect_entity_keys(p: torch.Tensor, entity_keys: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+def protect_entity_keys(p: torch.Tensor, entity_keys: torch.Tensor, tol: float = 1e-6,
+                        energy: float = 1.0) -> torch.Tensor:
     """Remove from P's range the directions of the entity keys P sees (beyond the papers):
-    P' = P - Q Q^T with Q an orthonormal basis of P K_ent. P' is again a projector, inside P."""
+    P' = P - Q Q^T with Q an orthonormal basis of P K_ent (its singular directions above
+    ``tol`` of the largest and, with ``energy`` < 1, only the leading ones that hold that
+    share of P K_ent's energy). P' is again a projector, inside P."""
     pk = p @ entity_keys.double()
     u, s, _ = torch.linalg.svd(pk, full_matrices=False)
-    q = u[:, s > tol * s.max().clamp_min(1e-30)]
+    keep = s > tol * s.max().clamp_min(1e-30)
+    if energy < 1.0:
+        share = torch.cumsum(s ** 2, 0) / (s ** 2).sum().clamp_min(1e-30)
+        keep &= torch.arange(len(s)) <= int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)))
+    q = u[:, keep]
     return p - q @ q.T
 
 
@@ -96,8 +104,11 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     entities = sorted({e.text for r in requests for e in r.entities})
     sources = [r.source for r in requests]
     mentions = None
-    if hp.mention_weight > 0 and hp.method == "nullspace":
-        found = entity_mentions(captions, entities, sources, hp.mention_max)
+    if (hp.mention_weight > 0 or hp.protect_mentions) and hp.method == "nullspace":
+        # captions with a batch source or one of its related prompts (paraphrases) are the
+        # batch's own: not mentions to hold
+        related = [q for r in requests for q in getattr(r, "related", ())]
+        found = entity_mentions(captions, entities, sources + related, hp.mention_max)
         mentions = SpanStream(model, *found) if found[0] else None
     out: dict[int, LayerEdit] = {}
     subjects = SubjectStream(model, sources, templates, hp.key_columns)
@@ -129,6 +140,8 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         if mentions is not None:  # keys on the model as it is now: the layers below already edited
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
+            if hp.protect_mentions:
+                p = protect_entity_keys(p, km, energy=0.99)
         if hp.method == "nullspace" and hp.c0_weight > 0:
             kp = kp + hp.c0_weight * c0[layer]
         w = model.fc2(layer).weight

@@ -286,26 +286,27 @@ def test_entity_protection_keeps_the_entity_closer(world, preserved):
     assert moved(True) < moved(False)
 
 
-def test_soft_preservation_holds_the_entity_mentions(world, preserved):
-    """With ``mention_weight``, the corpus captions that mention a batch entity (and contain
-    no batch source) keep their states at the mention better than without it."""
+def test_soft_and_hard_preservation_hold_the_entity_mentions(world, preserved):
+    """With ``mention_weight`` (in Kp) or ``protect_mentions`` (out of P's range), the corpus
+    captions that mention a batch entity (and contain no batch source) keep their states at
+    the mention better than without."""
     reqs = [request(world, i, "a white cross") for i in (0, 3, 6)]
     entities = [r.entities[0].text for r in reqs]
-    prompts, spans = entity_mentions(world.captions(), entities, [r.source for r in reqs], 8)
+    prompts, spans = entity_mentions(world.captions(), entities, [r.source for r in reqs], 64)
     assert prompts and not any(r.source in p for r in reqs for p in prompts)
     assert all(p[a:b] in entities for p, (a, b) in zip(prompts, spans, strict=True))
     base = fresh()
     toks = base.span_tokens(prompts, spans)
     ref = base.encode(prompts).hidden
 
-    def moved(weight: float) -> float:
+    def moved(**hp_) -> float:
         model = fresh()
-        hp = EditHParams.preset("toyworld", **FAST, mention_weight=weight)
-        edit(model, reqs, hp=hp, preserved=preserved)
+        edit(model, reqs, hp=EditHParams.preset("toyworld", **FAST, **hp_), preserved=preserved)
         h = model.encode(prompts).hidden
         return float(sum((h[i, t] - ref[i, t]).norm() for i, t in enumerate(toks)))
 
-    assert moved(1.0) < 0.8 * moved(0.0)
+    plain, soft, hard = moved(), moved(mention_weight=1.0), moved(protect_mentions=True)
+    assert soft < 0.8 * plain and hard < 0.8 * plain, (plain, soft, hard)
 
 
 def test_c0_weight_holds_the_corpus_inside_the_null_space(world, preserved, corpus_keys):
