@@ -13,7 +13,8 @@ Both models draw the same prompts with the same seeds, and a judge labels every 
 
 ToyWorld's judge is its shipped classifier (labels = shape x colour) and its features;
 for a real model the judge is a CLIP zero-shot classifier over the evaluation's own
-prompts and FID uses Inception, both loaded from local paths or the hub cache.
+prompts and FID uses CLIP's image features (``validation.fid``), loaded from a local path
+or the hub cache. Both meet the ``Judge`` protocol; ``freshen.refresh.judge_for`` picks one.
 """
 
 from __future__ import annotations
