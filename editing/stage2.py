@@ -27,6 +27,7 @@ not write is left to the layers above it (step 2 recomputes R from the stream).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import torch
 
@@ -160,4 +161,5 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())
     return Edit(out, [r.id for r in requests], sources=sources, templates=templates,
-                key_columns=hp.key_columns, meta={"extra_ridge": extra_ridge} if extra_ridge else {})
+                key_columns=hp.key_columns, meta={"extra_ridge": extra_ridge} if extra_ridge else {},
+                entities=[[asdict(e) for e in r.entities] for r in requests])

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editing.model import DiffusionModel
-from editing.requests import normalise
+from editing.requests import Entity, normalise
 
 EDIT_FILE = "edit.safetensors"
 EDIT_MANIFEST = "edit.json"
@@ -56,6 +56,9 @@ class Edit:
     # what a later consolidated solve reuses without Stage I (None: not stored)
     targets: torch.Tensor | None = None
     from_base: bool = False  # a consolidated version: base + this edit, not parent + this edit
+    # each request's NER entities (``Entity`` fields as dicts): a later consolidated solve,
+    # which writes the fact again, protects them as its first batch did
+    entities: list[list[dict]] = field(default_factory=list)
 
     @torch.no_grad()
     def apply(self, model: DiffusionModel) -> None:
@@ -95,7 +98,8 @@ class Edit:
         save_file(tensors, directory / EDIT_FILE)
         manifest = {"layers": sorted(self.layers), "request_ids": self.request_ids, "sources": self.sources,
                     "templates": self.templates, "key_columns": self.key_columns, "keys_stored": keys,
-                    "dtype": str(dtype).removeprefix("torch."), "from_base": self.from_base, **self.meta}
+                    "dtype": str(dtype).removeprefix("torch."), "from_base": self.from_base,
+                    "entities": self.entities, **self.meta}
         (directory / EDIT_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         return [directory / EDIT_FILE, directory / EDIT_MANIFEST]
 
@@ -106,10 +110,12 @@ class Edit:
         layers = {l: LayerEdit(t[f"r.{l}"].float(), t[f"b.{l}"].float(),
                                t[f"keys.{l}"].float() if f"keys.{l}" in t else None)
                   for l in manifest["layers"]}
-        own = ("layers", "request_ids", "sources", "templates", "key_columns", "keys_stored", "dtype", "from_base")
+        own = ("layers", "request_ids", "sources", "templates", "key_columns", "keys_stored", "dtype", "from_base",
+               "entities")
         meta = {k: v for k, v in manifest.items() if k not in own}
         return cls(layers, manifest["request_ids"], manifest.get("sources", []), manifest.get("templates", []),
-                   meta, manifest.get("key_columns", "mean"), t.get("z"), manifest.get("from_base", False))
+                   meta, manifest.get("key_columns", "mean"), t.get("z"), manifest.get("from_base", False),
+                   manifest.get("entities", []))
 
     @property
     def size(self) -> int:
@@ -162,7 +168,8 @@ class EditState:
         if edit.targets is not None and tracked:
             for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True)):
                 live.pop(normalise(source), None)  # a revision moves to the end
-                live[normalise(source)] = LiveFact(rid, source, edit.targets[i])
+                ents = tuple(Entity(**d) for d in edit.entities[i]) if edit.entities else ()
+                live[normalise(source)] = LiveFact(rid, source, edit.targets[i], ents)
         if edit.from_base:  # no Kp: the next consolidated solve starts from the base again
             return EditState(live=live, n_edits=self.n_edits + edit.size)
         if not edit.has_keys:

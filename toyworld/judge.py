@@ -32,6 +32,13 @@ class ToyJudge(ModelMixin, ConfigMixin):
         self.shape_head = nn.Linear(feature_dim, len(shapes))
         self.colour_head = nn.Linear(feature_dim, len(colours))
 
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> ToyJudge:
+        """As diffusers' ``ModelMixin.from_pretrained``, without its low-memory path (it needs
+        ``accelerate`` and warns without it; the judge is under 0.4 MB)."""
+        kwargs.setdefault("low_cpu_mem_usage", False)
+        return super().from_pretrained(path, **kwargs)
+
     @staticmethod
     def prepare(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (n, h, w, 3) -> float (n, 3, h, w) in [-1, 1]; float tensors pass through."""
