@@ -18,9 +18,11 @@ class NerTagger:
     def __init__(self, model: str, batch_size: int = 64, min_score: float = 0.5):
         from transformers import pipeline
 
+        from editing.model import quiet_loading
+
         try:
-            self.pipe = pipeline("token-classification", model=model,
-                                 aggregation_strategy="simple")
+            with quiet_loading():
+                self.pipe = pipeline("token-classification", model=model, aggregation_strategy="simple")
         except Exception as exc:  # noqa: BLE001 - any load failure gets one clear message
             raise ModelLoadError(
                 f"NER model {model!r} could not be loaded ({type(exc).__name__}: {exc}). "
