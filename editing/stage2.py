@@ -34,7 +34,7 @@ import torch
 from editing.hparams import EditHParams
 from editing.keys import SpanStream, SubjectStream, compute_entity_ks, entity_mentions
 from editing.model import DiffusionModel
-from editing.preservation import Preservation
+from editing.preservation import Preservation, fact_prompts
 from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
 
@@ -108,8 +108,7 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     if (hp.mention_weight > 0 or hp.protect_mentions) and hp.method == "nullspace":
         # captions with a batch source or one of its related prompts (paraphrases) are the
         # batch's own: not mentions to hold
-        related = [q for r in requests for q in getattr(r, "related", ())]
-        found = entity_mentions(captions, entities, sources + related, hp.mention_max)
+        found = entity_mentions(captions, entities, fact_prompts(requests), hp.mention_max)
         mentions = SpanStream(model, *found) if found[0] else None
     out: dict[int, LayerEdit] = {}
     subjects = SubjectStream(model, sources, templates, hp.key_columns)

@@ -271,8 +271,8 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     v = reg.version(version)
     champion = reg.champion()
     if v.gate in ("passed", "rejected"):
-        return GateResult(v.gate, champion, version, reasons=v.tags.get("freshen.gate_reasons", "").strip("-"),
-                          already=True)
+        reasons = v.tags.get("freshen.gate_reasons", "")
+        return GateResult(v.gate, champion, version, reasons="" if reasons == "-" else reasons, already=True)
     cfg = GateConfig.load(settings.gate)
     facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
              for f in v.manifest["facts"]]
