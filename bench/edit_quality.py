@@ -58,10 +58,12 @@ METHODS = {
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model
     "sequential": dict(mode="sequential", refresh_kp=True),
     "consolidate": dict(mode="consolidate"),  # base + one solve over the live set
-    "emcid-alpha": dict(mode="sequential", method="emcid"),  # EMCID's published form
+    # the baselines as published: C0 over every token ([BOS] too), no entity keys taken out of
+    # P (with P = I and beta 0, taking them out leaves the solve singular in their directions)
+    "emcid-alpha": dict(mode="sequential", method="emcid", c0_skip_bos=False, protect_entities=False),
     # EMCID's C0 term inside Eq. 7 with P = I and beta 0: EMCID with the memory of earlier batches
     "emcid-alpha+memory": dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
-                               beta=0.0),
+                               beta=0.0, c0_skip_bos=False, protect_entities=False),
     "no-nullspace": dict(mode="sequential", refresh_kp=True, nullspace_mode="none"),
     # the preservation choices one at a time: C0 without [BOS] and the energy cut
     "sequential-energy": dict(mode="sequential", refresh_kp=True, c0_skip_bos=True, nullspace_mode="energy",

@@ -23,6 +23,7 @@ from editing.hparams import EditHParams
 from editing.keys import compute_hs
 from editing.model import load_model
 from editing.requests import EditRequest
+from feeds.contract import Fact
 from registry.versions import Registry, batch_key
 from toyworld.paths import DATA_DIR, DIFFUSION_DIR
 from toyworld.world import SELF, World
@@ -59,7 +60,7 @@ def main() -> None:
             kept = preservation(model, layers, world.captions(), hp, requests=reqs)
             m = load_model(DIFFUSION_DIR)
             edit = apply_targets(m, reqs, z, hp, reg.edit_state(1), kept)
-            rows = [{"key": r.id, "source": r.source, "target": r.target} for r in reqs]
+            rows = [Fact(r.id, "bench", r.id, r.source, r.target) for r in reqs]
             v = reg.register_batch(1, edit, rows, hp.to_json(), batch_key(1, "x", rows, hp.to_json()))
             sizes = run_bytes(reg, v)
             out["toyworld"][str(n)] = {"version_run_bytes": sizes, "edit_bytes": sizes.get("edit", 0),

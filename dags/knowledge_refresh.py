@@ -67,7 +67,7 @@ with DAG(
         batch = plan_batch(s)
         if batch is None:
             return {"dir": None, "facts": []}
-        return {"dir": str(batch.dir), "facts": [f["key"] for f in batch.facts]}
+        return {"dir": str(batch.dir), "facts": [f.key for f in batch.facts]}
 
     @task
     def fan_out(batch: dict) -> list[dict]:

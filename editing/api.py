@@ -11,7 +11,7 @@
 with Kp Kp^T (Eq. 7 of 004_...); "consolidate" sets the edit layers back to the base and
 solves once over the whole live fact set (the state's live facts, less the ones the batch
 revises, plus the batch) with their stored targets: a revision replaces its predecessor
-and the version is the base plus one edit (ALGORITHMS.md "The live fact set").
+and the version is the base plus one edit (docs/method.md "The live fact set").
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import InvalidInput
 from editing.hparams import EditHParams
 from editing.keys import compute_hs
 from editing.model import DiffusionModel
@@ -77,11 +78,11 @@ def revert(model: DiffusionModel, sources: Sequence[str], hp: EditHParams, state
     version that never had them. Sequential versions cannot revert exactly (their updates
     stack), so this needs ``hp.mode == "consolidate"``."""
     if hp.mode != "consolidate":
-        raise ValueError("revert: needs hparams.mode 'consolidate' (a sequential chain's updates stack "
+        raise InvalidInput("revert: needs hparams.mode 'consolidate' (a sequential chain's updates stack "
                          "and cannot be taken back exactly)")
     missing = [s for s in sources if normalise(s) not in state.live]
     if missing:
-        raise ValueError(f"revert: {missing} are not live facts of this version")
+        raise InvalidInput(f"revert: {missing} are not live facts of this version")
     kept = state.live_facts(replacing=sources)
     if not kept:
         preserved.restore(model)
@@ -98,7 +99,7 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     """Edit ``model`` in place with a batch of requests; see the module docstring.
 
     ``base``: the unedited model, on which Stage I draws the destinations and finds the
-    targets (ALGORITHMS.md "Anchor Stage I to the base"); ``model`` itself when None (the
+    targets (docs/method.md "Stage I anchored to the base"); ``model`` itself when None (the
     first batch, or a model without a registry behind it). ``preserved`` (C0, P and the base
     weights) is computed from ``captions`` on ``base`` when not given; compute it once per
     base model (and corpus) and pass it to every batch.
@@ -107,10 +108,10 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     state = state or EditState()
     base = base or model
     if not requests:
-        raise ValueError("edit: the batch has no requests")
+        raise InvalidInput("edit: the batch has no requests")
     ids = [r.id for r in requests]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"edit: request ids repeat within the batch: {ids}")
+        raise InvalidInput(f"edit: request ids repeat within the batch: {ids}")
     layers = hp.edit_layers(model.n_layers)
     if preserved is None:
         if captions is None:

@@ -1,11 +1,13 @@
 """Hyperparameters of an edit, in one typed dataclass (MEMIT's style), saved as JSON with
-every version so that an edit can be reproduced. Defaults: ALGORITHMS.md."""
+every version so that an edit can be reproduced. Defaults: docs/method.md."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from common.errors import InvalidInput, read_user_file
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
@@ -21,7 +23,7 @@ class EditHParams:
     context_templates: list[str] = field(
         default_factory=lambda: ["{}", "a photo of {}", "an image of {}"])
 
-    # -- Stage I (ALGORITHMS.md "Stage I"): one target value per fact
+    # -- Stage I (docs/method.md "Stage I"): one target value per fact
     steps: int = 200
     lr: float = 0.2
     lambda_txt: float = 0.01  # weight of text alignment (EOS + entities)
@@ -32,11 +34,11 @@ class EditHParams:
     dest_steps: int = 50  # sampling steps to draw destination images
     guidance_scale: float = 3.0
 
-    # -- Stage II (ALGORITHMS.md "Stage II")
+    # -- Stage II (docs/method.md "Stage II")
     # "sequential": Eq. 7 on top of the parent version, Kp Kp^T holding earlier batches;
     # "consolidate": a version is the base plus one closed form over every live fact (the
     # latest target of each source), solved from the base with the stored targets, no Kp
-    # (ALGORITHMS.md "The live fact set")
+    # (docs/method.md "The live fact set")
     mode: str = "sequential"
     # sequential only: Kp Kp^T from the live facts' keys recomputed on the model being edited
     # (each layer, as the batch moves up), not the keys frozen when each batch landed, which
@@ -55,7 +57,7 @@ class EditHParams:
     # (or one of its related prompts: paraphrases the request names)
     # C0 over every token but [BOS]: in a causal encoder its key is the same in every caption
     # and can hold most of C0's energy, so a cut relative to the top eigenvalue protects
-    # almost nothing else (ALGORITHMS.md "Protect real directions"); no edit key is a [BOS]
+    # almost nothing else (docs/method.md "Real directions protected"); no edit key is a [BOS]
     c0_skip_bos: bool = False
     # bound on ||W_l - W0_l||_F / ||W0_l||_F at every edit layer (0 = none): where a layer's
     # update would pass it, the ridge of the solve is raised (bisection) until it holds
@@ -83,30 +85,30 @@ class EditHParams:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"hparams.method: {self.method!r} is not one of {METHODS}")
+            raise InvalidInput(f"hparams.method: {self.method!r} is not one of {METHODS}")
         if self.nullspace_mode not in NULLSPACE_MODES:
-            raise ValueError(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
+            raise InvalidInput(f"hparams.nullspace_mode: {self.nullspace_mode!r} is not one of {NULLSPACE_MODES}")
         if self.key_columns not in KEY_COLUMNS:
-            raise ValueError(f"hparams.key_columns: {self.key_columns!r} is not one of {KEY_COLUMNS}")
+            raise InvalidInput(f"hparams.key_columns: {self.key_columns!r} is not one of {KEY_COLUMNS}")
         if self.mode not in MODES:
-            raise ValueError(f"hparams.mode: {self.mode!r} is not one of {MODES}")
+            raise InvalidInput(f"hparams.mode: {self.mode!r} is not one of {MODES}")
         if self.max_update_norm < 0:
-            raise ValueError("hparams.max_update_norm must be >= 0 (0 = no bound)")
+            raise InvalidInput("hparams.max_update_norm must be >= 0 (0 = no bound)")
         if self.residual != "memit":
-            raise ValueError(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
+            raise InvalidInput(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:
-            raise ValueError("hparams.mention_weight and hparams.mention_max must be >= 0")
+            raise InvalidInput("hparams.mention_weight and hparams.mention_max must be >= 0")
         if self.c0_weight < 0:
-            raise ValueError("hparams.c0_weight must be >= 0")
+            raise InvalidInput("hparams.c0_weight must be >= 0")
         if "{}" not in self.context_templates[0]:
-            raise ValueError("hparams.context_templates: every template needs a '{}' slot")
+            raise InvalidInput("hparams.context_templates: every template needs a '{}' slot")
 
     def edit_layers(self, n_layers: int) -> list[int]:
-        """The edit layers, ascending (ALGORITHMS.md Stage II: the last is where Stage I's
+        """The edit layers, ascending (docs/method.md Stage II: the last is where Stage I's
         targets live); every layer but the last when ``layers`` is None."""
         layers = sorted(self.layers) if self.layers is not None else list(range(n_layers - 1))
         if not layers or layers[0] < 0 or layers[-1] >= n_layers:
-            raise ValueError(f"hparams.layers: {self.layers} must be within 0..{n_layers - 1}")
+            raise InvalidInput(f"hparams.layers: {self.layers} must be within 0..{n_layers - 1}")
         return layers
 
     def to_json(self) -> dict:
@@ -117,7 +119,7 @@ class EditHParams:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown edit hyperparameters: {sorted(unknown)}")
+            raise InvalidInput(f"unknown edit hyperparameters: {sorted(unknown)}")
         return cls(**d)
 
     @classmethod
@@ -126,12 +128,19 @@ class EditHParams:
         ``editing/presets/<family>.json``, with ``overrides`` on top."""
         path = PRESETS / f"{family}.json"
         if not path.exists():
-            raise ValueError(f"no edit preset for model family {family!r} (looked for {path})")
+            raise InvalidInput(f"no edit preset for model family {family!r} (looked for {path})")
         return cls.from_json({**json.loads(path.read_text()), **overrides})
 
     @classmethod
     def load(cls, path: Path) -> EditHParams:
-        return cls.from_json(json.loads(Path(path).read_text()))
+        """Hyperparameters from a JSON file a user wrote (a preset's fields, any subset)."""
+        try:
+            d = json.loads(read_user_file(path, "hparams file"))
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"hparams file {path}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(d, dict):
+            raise InvalidInput(f"hparams file {path}: expected a JSON object of hyperparameters")
+        return cls.from_json(d)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Keys, layer outputs and key statistics (ALGORITHMS.md "Where knowledge lives", Stage II
+"""Keys, layer outputs and key statistics (docs/method.md "Where a fact lives", Stage II
 steps 1 and 3). Named after MEMIT's ``compute_ks`` and ``layer_stats``."""
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence
 
 def null_space_projection(c0: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
     """P = U0 U0^T from the eigenvectors of C0 whose eigenvalues are small
-    (ALGORITHMS.md Stage II step 3; AlphaEdit). ``mode``:
+    (docs/method.md Stage II step 3; AlphaEdit). ``mode``:
     - "relative": eigenvalue < threshold * largest eigenvalue (default);
     - "energy": the smallest eigenvalues that together hold <= threshold of the trace;
     - "absolute": eigenvalue < threshold (AlphaEdit's 2e-2, tuned for LLMs);

@@ -2,7 +2,7 @@
 
 Everything the editing method needs from a model goes through ``DiffusionModel``:
 tokenise with offsets and find a subject's last token, encode prompts, capture the keys
-and values of an MLP's ``fc2`` (ALGORITHMS.md, "Where knowledge lives"), generate images
+and values of an MLP's ``fc2`` (docs/method.md, "Where a fact lives"), generate images
 with classifier-free guidance from a seed, predict the U-Net's noise, and turn images into
 the latents the U-Net works on (VAE for SD, identity in ToyWorld's pixel space).
 Components stay plain attributes of the wrapped diffusers pipeline.
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashing import directory_hash
+from common.errors import UserError
+from common.hashing import directory_hash
 
 PIPELINES = "freshen.pipelines"  # entry-point group: pipeline classes beyond diffusers' (ToyWorld's)
 
@@ -30,8 +31,7 @@ def first_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return (input_ids == eos_token_id).int().argmax(dim=1)
 
 
-
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model could not be loaded; the message says which and how to provide it."""
 
 
@@ -133,7 +133,7 @@ class DiffusionModel:
 
     @property
     def default_edit_layers(self) -> list[int]:
-        """Every layer but the last (ALGORITHMS.md: its output feeds [EOS] directly)."""
+        """Every layer but the last (docs/method.md: its output feeds [EOS] directly)."""
         return list(range(self.n_layers - 1))
 
     def fc2(self, layer: int) -> nn.Linear:

@@ -1,5 +1,5 @@
 """What an edit must leave alone, for one base model: C0 per edit layer, the null-space
-projections cut from it (ALGORITHMS.md Stage II step 3) and the base's fc2 weights (the
+projections cut from it (docs/method.md Stage II step 3) and the base's fc2 weights (the
 anchor that update norms are measured against and consolidated versions start from)."""
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class Preservation:
         return {l: protected_share(self.c0[l], self.projections[l]) for l in sorted(self.projections)}
 
     def update_norms(self, model: DiffusionModel) -> dict[int, float]:
-        """||W_l - W0_l||_F / ||W0_l||_F of ``model`` at every edit layer (ALGORITHMS.md
-        "Bound the update")."""
+        """||W_l - W0_l||_F / ||W0_l||_F of ``model`` at every edit layer (docs/method.md
+        "The update measured, and bounded")."""
         return {l: relative_update(model.fc2(l).weight, w0) for l, w0 in sorted(self.base_weights.items())}
 
     @torch.no_grad()

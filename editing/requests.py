@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from common.errors import InvalidInput
+
 
 def normalise(text: str) -> str:
     """Case and spacing ignored: how sources are compared (ledger conflicts, corpus filters)."""
@@ -54,12 +56,12 @@ class EditRequest:
 
     def __post_init__(self):
         if not self.source or not self.source.strip():
-            raise ValueError(f"edit request {self.id!r}: field 'source' is empty")
+            raise InvalidInput(f"edit request {self.id!r}: field 'source' is empty")
         if not self.target and self.target_images is None:
-            raise ValueError(f"edit request {self.id!r}: needs 'target' or 'target_images'")
+            raise InvalidInput(f"edit request {self.id!r}: needs 'target' or 'target_images'")
         for e in self.entities:
             if self.source[e.start:e.end] != e.text:
-                raise ValueError(f"edit request {self.id!r}: entity {e.text!r} is not at "
+                raise InvalidInput(f"edit request {self.id!r}: entity {e.text!r} is not at "
                                  f"{e.start}:{e.end} of its source {self.source!r}")
 
     def prompts(self, templates: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Stage I: one target value per fact (ALGORITHMS.md "Stage I"; EMCID's ``compute_z``).
+"""Stage I: one target value per fact (docs/method.md "Stage I"; EMCID's ``compute_z``).
 
 For every fact a vector delta_i is added to the residual stream leaving the last edit
 layer, at the subject's last token of every template prompt, and optimised against

@@ -1,4 +1,4 @@
-"""Stage II: the multi-layer closed-form edit (ALGORITHMS.md "Stage II"; Eq. 7 of 004_...).
+"""Stage II: the multi-layer closed-form edit (docs/method.md "Stage II"; Eq. 7 of 004_...).
 
 For each edit layer l, ascending (i = 0..m-1):
   1. K1 = compute_ks(l) on the model with the layers below already edited (read off one
@@ -20,7 +20,7 @@ plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, bey
 papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
 With ``hp.max_update_norm`` the ridge is raised, layer by layer, until ||W_l - W0_l||_F stays
-within that share of ||W0_l||_F (ALGORITHMS.md "Bound the update"); what a bounded layer does
+within that share of ||W0_l||_F (docs/method.md "The update measured, and bounded"); what a bounded layer does
 not write is left to the layers above it (step 2 recomputes R from the stream).
 """
 

@@ -1,7 +1,7 @@
 """Edits as low-rank factors, and the sequential edit state.
 
 A batch's update at layer l is Delta_l = R_l B_l with R_l (d x e) and B_l (e x d_k)
-(ALGORITHMS.md: "Delta has rank <= e"). A version of the model is the base weights plus
+(docs/method.md: Stage II, the factors). A version of the model is the base weights plus
 the chain of its batches' factors. The state the next batch starts from is, per layer,
 Kp Kp^T = sum over the chain of K1 K1^T of every batch, each K1 taken on the model right
 after its batch. A batch's keys are either stored with its factors or, to keep a
@@ -160,7 +160,7 @@ class EditState:
         return cov
 
     def after(self, edit: Edit, model: DiffusionModel | None = None) -> EditState:
-        """The state once ``edit`` has landed (ALGORITHMS.md Stage II step 5): its keys join
+        """The state once ``edit`` has landed (docs/method.md Stage II step 5): its keys join
         Kp Kp^T and replace those of its sources' earlier changes. An edit saved without
         its keys needs ``model``, with the chain up to this edit applied."""
         tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing

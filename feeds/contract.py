@@ -33,7 +33,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 KINDS = ("update", "rectify")
@@ -64,6 +64,54 @@ class FactChange:
         """What the change says (not where it sits): a re-send is compared on this."""
         return {"source": self.source, "target": self.target, "target_images": self.target_images,
                 "observed_at": self.observed_at, "ref": self.ref, "kind": self.kind}
+
+
+@dataclass
+class Fact:
+    """A fact change as the service carries it once approved: out of the ledger
+    (``ChangeRow.fact()``), into a batch (``plan.json``), the engine (``request()``), a
+    version's manifest and the audit. Stored as JSON with these field names (``to_json`` /
+    ``from_json``); the ledger row and the engine's ``EditRequest`` stay their own classes, with
+    this one conversion each."""
+
+    key: str  # FEED:ID, with @REVISION after a re-send that changed it
+    feed: str
+    id: str
+    source: str
+    target: str | None
+    target_images: list[str] = field(default_factory=list)  # absolute paths
+    kind: str = "update"
+    ref: str | None = None
+    observed_at: str | None = None
+    content_hash: str = ""
+    entities: list[dict] = field(default_factory=list)  # text, label, start, end (and score)
+    approved_by: str | None = None
+    approved_at: str | None = None  # ISO-8601
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Fact:
+        """From a stored fact (a plan, a manifest); keys this class does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def entity_texts(self) -> list[str]:
+        return [e["text"] for e in self.entities]
+
+    def request(self):
+        """The engine's view: an ``EditRequest`` (destination images read from their files)."""
+        import numpy as np
+        from PIL import Image
+
+        from editing.requests import EditRequest, Entity
+
+        images = [np.asarray(Image.open(p).convert("RGB")) for p in self.target_images] or None
+        return EditRequest(self.key, self.source, self.target, target_images=images,
+                           entities=[Entity(e["text"], e["label"], e["start"], e["end"], e.get("score", 1.0))
+                                     for e in self.entities])
 
 
 @dataclass

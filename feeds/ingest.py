@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import InvalidInput, NotFound, read_user_file
 from feeds.contract import FactChange, Record, Rejection, read_records, to_change
 from feeds.ledger import IngestSummary, Ledger
 from validation.feed_rules import FeedRules
@@ -29,12 +30,15 @@ class Policy:
     def load(cls, path: Path | None) -> Policy:
         if path is None:
             return cls()
-        d = json.loads(Path(path).read_text())
+        try:
+            d = json.loads(read_user_file(path, "policy"))
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"policy {path}: not valid JSON ({exc.msg})") from exc
         unknown = set(d) - {"name", "auto_approve"}
         if unknown:
-            raise ValueError(f"policy {path}: unknown keys {sorted(unknown)} (known: name, auto_approve)")
+            raise InvalidInput(f"policy {path}: unknown keys {sorted(unknown)} (known: name, auto_approve)")
         if not isinstance(d.get("auto_approve", []), list):
-            raise ValueError(f"policy {path}: 'auto_approve' must be a list of feed names")
+            raise InvalidInput(f"policy {path}: 'auto_approve' must be a list of feed names")
         return cls(d.get("name", Path(path).stem), tuple(d.get("auto_approve", [])))
 
 
@@ -61,7 +65,7 @@ def ingest_file(ledger: Ledger, path: Path, rules: FeedRules, tokenizer, feed: s
                 ner=None, policy: Policy | None = None, chunk: int = 5000) -> IngestSummary:
     path = Path(path).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"feed file {path} does not exist")
+        raise NotFound(f"feed file {path} does not exist")
     feed = feed or path.stem
     summary = ledger.ingest(validated_rows(path, feed, rules, tokenizer, chunk), path, feed)
     if not summary.already_ingested:

@@ -29,9 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from common.errors import InvalidInput, NotFound
+from common.hashing import file_sha256
 from editing.requests import normalise
-from feeds.contract import FactChange, Rejection
-from hashing import file_sha256
+from feeds.contract import Fact, FactChange, Rejection
 
 STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded")
 LIVE = ("pending", "approved", "conflict")
@@ -76,6 +77,14 @@ class ChangeRow(Base):
     @property
     def key(self) -> str:
         return f"{self.feed}:{self.change_id}" + (f"@{self.revision}" if self.revision > 1 else "")
+
+    def fact(self) -> Fact:
+        """The change as the service carries it on (``feeds.contract.Fact``); destination images
+        resolved against the feed file's folder."""
+        return Fact(self.key, self.feed, self.change_id, self.source, self.target,
+                    [str(Path(self.file).parent / p) for p in self.target_images], self.kind, self.ref,
+                    self.observed_at, self.content_hash, list(self.entities or []), self.decided_by,
+                    self.decided_at.isoformat() if self.decided_at else None)
 
 
 class QuarantineRow(Base):
@@ -246,23 +255,23 @@ class Ledger:
             q = q.where(ChangeRow.revision == int(rev))
         row = s.scalars(q.order_by(ChangeRow.revision.desc())).first()
         if row is None:
-            raise KeyError(f"no change {key!r} in the ledger (ids are FEED:ID)")
+            raise NotFound(f"no change {key!r} in the ledger (ids are FEED:ID)")
         return row
 
     def decide(self, keys: Iterable[str], decision: str, by: str, comment: str | None = None) -> list[str]:
         """Approve or reject changes. Approving one of a conflict rejects its rivals."""
         if decision not in ("approved", "rejected"):
-            raise ValueError(f"decision must be 'approved' or 'rejected', got {decision!r}")
+            raise InvalidInput(f"decision must be 'approved' or 'rejected', got {decision!r}")
         if not by or not by.strip():
-            raise ValueError("a decision needs the name of who made it (--by)")
+            raise InvalidInput("a decision needs the name of who made it (--by)")
         if decision == "rejected" and not (comment and comment.strip()):
-            raise ValueError("a rejection needs a comment saying why")
+            raise InvalidInput("a rejection needs a comment saying why")
         done = []
         with self.session.begin() as s:
             for key in keys:
                 row = self.find(s, key)
                 if row.status not in LIVE:
-                    raise ValueError(f"{row.key} is {row.status}; only pending, approved or conflict "
+                    raise InvalidInput(f"{row.key} is {row.status}; only pending, approved or conflict "
                                      "changes can be decided")
                 row.status, row.decided_by, row.decided_at, row.comment = decision, by, now(), comment
                 self._event(s, row, decision, by, comment)
@@ -292,7 +301,7 @@ class Ledger:
             for key in keys:
                 row = self.find(s, key)
                 if row.status != "approved":
-                    raise ValueError(f"{row.key} is {row.status}; only approved changes can be applied")
+                    raise InvalidInput(f"{row.key} is {row.status}; only approved changes can be applied")
                 row.status, row.version = "applied", str(version)
                 self._event(s, row, "applied", None, f"edited into {model} v{version} (run {run_id})")
 
@@ -346,7 +355,7 @@ class Ledger:
     # -- views -------------------------------------------------------------------
     def changes(self, status: str | None = None) -> list[ChangeRow]:
         if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
+            raise InvalidInput(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
         with self.session() as s:
             q = select(ChangeRow).order_by(ChangeRow.pk)
             if status:
@@ -356,6 +365,11 @@ class Ledger:
     def approved_for_editing(self) -> list[ChangeRow]:
         """The only door to editing: approved changes, at most one per source."""
         return self.changes("approved")
+
+    def ingested_file(self, path: Path) -> FileRow | None:
+        """The record of a feed file's ingestion (by its content), or None if it never was."""
+        with self.session() as s:
+            return s.get(FileRow, file_sha256(path))
 
     def quarantined(self) -> list[QuarantineRow]:
         with self.session() as s:

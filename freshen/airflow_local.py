@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pluggy
+
 from freshen.config import PROJECT_DIR, Settings
 from freshen.errors import FreshenError
 
 DAG_ID = "knowledge_refresh"
+hookimpl = pluggy.HookimplMarker("airflow")  # the marker of Airflow's listener hooks
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -62,4 +65,52 @@ def run_dag(settings: Settings, conf: dict | None = None):
     bag = DagBag(dag_folder=str(PROJECT_DIR / "dags"))
     if bag.import_errors:
         raise FreshenError(f"DAG import errors: {bag.import_errors}")
-    return bag.dags[DAG_ID].test(run_conf=conf or {})
+    dag = bag.dags[DAG_ID]
+    with TaskProgress(len(dag.tasks)):
+        return dag.test(run_conf=conf or {})
+
+
+class TaskProgress:
+    """A progress bar over the DAG run's task instances while ``dag.test`` runs them in this
+    process: an Airflow task listener (the Task SDK's ``on_task_instance_*`` hooks) moves it;
+    the bar's text names the task running. Mapped tasks add their instances as they start."""
+
+    def __init__(self, tasks: int):
+        self.tasks = tasks
+
+    def __enter__(self):
+        from airflow.sdk.listener import get_listener_manager
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.tasks, desc="knowledge_refresh", unit="task", leave=True)
+        self.manager = get_listener_manager()
+        self.manager.add_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.manager.pm.unregister(self)
+        self.bar.total = self.bar.n  # tasks skipped by the scheduler (nothing to do) never run
+        self.bar.set_postfix_str("done" if exc[0] is None else "stopped", refresh=True)
+        self.bar.close()
+
+    @staticmethod
+    def _name(ti) -> str:
+        return ti.task_id + (f"[{ti.map_index}]" if getattr(ti, "map_index", -1) >= 0 else "")
+
+    @hookimpl
+    def on_task_instance_running(self, previous_state, task_instance):
+        if getattr(task_instance, "map_index", -1) > 0:
+            self.bar.total += 1
+        self.bar.set_postfix_str(self._name(task_instance), refresh=True)
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state, task_instance):
+        self.bar.update(1)
+
+    @hookimpl
+    def on_task_instance_skipped(self, previous_state, task_instance):
+        self.bar.update(1)
+
+    @hookimpl
+    def on_task_instance_failed(self, previous_state, task_instance, error):
+        self.bar.set_postfix_str(f"{self._name(task_instance)} failed", refresh=True)

@@ -26,7 +26,10 @@ def comparison_grid(facts: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequen
     k = max(len(imgs) for _, panels in facts for imgs, _ in panels)
     h, w = facts[0][1][0][0].shape[1:3]
     tile_w, tile_h = w * scale, h * scale
-    panel_w = k * (tile_w + pad) + pad
+    longest = max((font.getlength(label_text(lab)) for _, panels in facts for _, labels in panels for lab in labels),
+                  default=0)
+    cell_w = max(tile_w, min(int(longest) + 2, 160))  # labels whole under their image, up to 160 px
+    panel_w = k * (cell_w + pad) + pad
     title_h, row_h = 14, 14 + tile_h + caption + pad
     canvas = Image.new("RGB", (len(columns) * (panel_w + pad) + pad, 16 + len(facts) * (row_h + pad)), (250, 250, 250))
     draw = ImageDraw.Draw(canvas)
@@ -39,7 +42,19 @@ def comparison_grid(facts: Sequence[tuple[str, Sequence[tuple[np.ndarray, Sequen
             x0 = pad + c * (panel_w + pad)
             draw.rectangle([x0, y + title_h - 2, x0 + panel_w, y + row_h], outline=(200, 200, 200))
             for j, (img, lab) in enumerate(zip(imgs, labels, strict=True)):
-                x = x0 + pad + j * (tile_w + pad)
-                canvas.paste(Image.fromarray(img).resize((tile_w, tile_h), Image.NEAREST), (x, y + title_h))
-                draw.text((x, y + title_h + tile_h + 1), label_text(lab)[:tile_w // 6], fill=(60, 60, 60), font=font)
+                x = x0 + pad + j * (cell_w + pad)
+                canvas.paste(Image.fromarray(img).resize((tile_w, tile_h), Image.NEAREST),
+                             (x + (cell_w - tile_w) // 2, y + title_h))
+                text = _fit(label_text(lab), cell_w, font)
+                draw.text((x + (cell_w - font.getlength(text)) // 2, y + title_h + tile_h + 1), text,
+                          fill=(60, 60, 60), font=font)
     return canvas
+
+
+def _fit(text: str, width: int, font) -> str:
+    """``text``, cut with an ellipsis if it is wider than ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."

@@ -7,26 +7,33 @@ import json
 import time
 from pathlib import Path
 
+from common.errors import InvalidInput, read_user_file
+from feeds.contract import Fact
 from freshen.config import Settings
 
 
 def read_fact_file(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(read_user_file(path, "facts file").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+            raise InvalidInput(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            raise InvalidInput(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
         for f in ("id", "source", "target"):
             if not isinstance(row.get(f), str) or not row[f].strip():
-                raise ValueError(f"{path}:{n}: field {f!r} must be a non-empty string")
+                raise InvalidInput(f"{path}:{n}: field {f!r} must be a non-empty string")
+        ents = row.get("entities", [])
+        if not isinstance(ents, list) or not all(isinstance(e, dict) and {"text", "label", "start", "end"} <= set(e)
+                                                 for e in ents):
+            raise InvalidInput(f"{path}:{n}: field 'entities' must be a list of objects with text, label, "
+                               "start and end")
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no facts")
+        raise InvalidInput(f"{path}: no facts")
     return rows
 
 
@@ -35,17 +42,16 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
     from editing.api import edit
     from editing.hparams import EditHParams
     from editing.model import load_model
-    from editing.requests import EditRequest, Entity
     from toyworld.world import World
 
     rows = read_fact_file(facts)
     model = load_model(settings.model)
     if captions is not None:
-        corpus = [c for c in Path(captions).read_text().splitlines() if c.strip()]
+        corpus = [c for c in read_user_file(captions, "caption corpus").splitlines() if c.strip()]
     elif model.family == "toyworld":
         corpus = World.read(settings.world).captions()
     else:
-        raise ValueError("freshen edit: a real model needs --captions (a caption corpus for C0)")
+        raise InvalidInput("freshen edit: a real model needs --captions (a caption corpus for C0)")
     untagged = [r for r in rows if "entities" not in r]
     if untagged:
         from feeds.ner import NerTagger
@@ -53,8 +59,8 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
         for r, ents in zip(untagged, NerTagger(settings.ner_model)([r["source"] for r in untagged]),
                            strict=True):
             r["entities"] = [e.__dict__ for e in ents]
-    requests = [EditRequest(r["id"], r["source"], r["target"],
-                            entities=[Entity(**e) for e in r["entities"]]) for r in rows]
+    requests = [Fact(r["id"], Path(facts).stem, r["id"], r["source"], r["target"],
+                     entities=r["entities"]).request() for r in rows]
     hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.family, seed=settings.seed)
     t0 = time.time()
     result = edit(model, requests, hp=hp, captions=corpus, cache_dir=settings.home / "cache",

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from common.errors import InvalidInput, read_user_file
+from feeds.contract import Fact
 from freshen.config import Settings
 from freshen.errors import FreshenError
 from freshen.results import GateResult, PromoteResult
@@ -33,18 +33,19 @@ class Batch:
     dir: Path
     key: str
     parent: int
-    facts: list[dict]
+    facts: list[Fact]
     hparams: dict
 
     @classmethod
     def read(cls, directory: Path) -> Batch:
         d = json.loads((Path(directory) / "plan.json").read_text())
-        return cls(Path(directory), d["key"], d["parent"], d["facts"], d["hparams"])
+        return cls(Path(directory), d["key"], d["parent"], [Fact.from_json(f) for f in d["facts"]], d["hparams"])
 
     def write(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "plan.json").write_text(json.dumps(
-            {"key": self.key, "parent": self.parent, "facts": self.facts, "hparams": self.hparams}, indent=1) + "\n")
+            {"key": self.key, "parent": self.parent, "facts": [f.to_json() for f in self.facts],
+             "hparams": self.hparams}, indent=1) + "\n")
 
     def z_path(self, index: int) -> Path:
         return self.dir / "stage1" / f"{index:05d}.safetensors"
@@ -98,14 +99,6 @@ def init_registry(settings: Settings, by: str = "freshen"):
     return v
 
 
-def _fact(row) -> dict:
-    return {"key": row.key, "feed": row.feed, "id": row.change_id, "source": row.source, "target": row.target,
-            "target_images": [str(Path(row.file).parent / p) for p in row.target_images],
-            "kind": row.kind, "ref": row.ref, "observed_at": row.observed_at, "content_hash": row.content_hash,
-            "entities": row.entities, "approved_by": row.decided_by,
-            "approved_at": row.decided_at.isoformat() if row.decided_at else None}
-
-
 def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | None = None) -> Batch | None:
     """The approved changes (or those of ``keys``) on top of the champion; None if none."""
     from editing.hparams import EditHParams
@@ -123,7 +116,7 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     base = reg.version(parent).manifest["base"]
     hp = (EditHParams.load(Path(settings.hparams)) if settings.hparams
           else EditHParams.preset(base["family"], seed=settings.seed))
-    facts = [_fact(r) for r in rows]
+    facts = [r.fact() for r in rows]
     key = batch_key(parent, base["hash"], facts, hp.to_json())
     done = reg.find_batch(key)
     if done is not None and reg.version(done).gate == "rejected":
@@ -144,8 +137,8 @@ def _captions(settings: Settings, family: str) -> list[str]:
     if family == "toyworld" and not settings.captions:
         return World.read(settings.world).captions()
     if not settings.captions:
-        raise ValueError("a real model needs a caption corpus: set FRESHEN_CAPTIONS to a text file, one per line")
-    return [c for c in Path(settings.captions).read_text().splitlines() if c.strip()]
+        raise InvalidInput("a real model needs a caption corpus: set FRESHEN_CAPTIONS to a text file, one per line")
+    return [c for c in read_user_file(settings.captions, "caption corpus").splitlines() if c.strip()]
 
 
 def judge_for(settings: Settings, family: str):
@@ -158,20 +151,6 @@ def judge_for(settings: Settings, family: str):
     from validation.clip_judge import ClipJudge
 
     return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None)
-
-
-def _requests(facts: list[dict]):
-    from PIL import Image
-
-    from editing.requests import EditRequest, Entity
-
-    out = []
-    for f in facts:
-        images = [np.asarray(Image.open(p).convert("RGB")) for p in f["target_images"]] or None
-        out.append(EditRequest(f["key"], f["source"], f["target"], target_images=images,
-                               entities=[Entity(e["text"], e["label"], e["start"], e["end"], e.get("score", 1.0))
-                                         for e in f["entities"]]))
-    return out
 
 
 def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None) -> list[str]:
@@ -188,18 +167,18 @@ def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None
     todo = [i for i in indices if not batch.z_path(i).is_file()]
     if todo:
         # anchored to the base: destinations and targets from the unedited model, whatever
-        # version the batch builds on (ALGORITHMS.md "Anchor Stage I to the base")
+        # version the batch builds on (docs/method.md "Stage I anchored to the base")
         model = settings.open_registry().base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
-        s1 = compute_zs(model, _requests([batch.facts[i] for i in todo]), hp, hp.edit_layers(model.n_layers)[-1])
+        s1 = compute_zs(model, [batch.facts[i].request() for i in todo], hp, hp.edit_layers(model.n_layers)[-1])
         batch.z_path(0).parent.mkdir(parents=True, exist_ok=True)
         for j, i in enumerate(todo):
             tmp = batch.z_path(i).with_suffix(".tmp")
             save_file({"z": s1.z[j].contiguous(), "h": s1.h[j].contiguous(), "delta": s1.delta[j].contiguous()},
-                      tmp, metadata={"key": batch.facts[i]["key"],
+                      tmp, metadata={"key": batch.facts[i].key,
                                      "losses": json.dumps({k: float(v[j]) for k, v in s1.losses.items()})})
             tmp.rename(batch.z_path(i))  # a result file is whole or absent
-    return [batch.facts[i]["key"] for i in indices]
+    return [batch.facts[i].key for i in indices]
 
 
 def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
@@ -216,32 +195,32 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     reg, ledger = settings.open_registry(), settings.open_ledger()
     existing = reg.find_batch(batch.key)
     if existing is not None:  # registered before; finish the ledger side if a crash cut it short
-        waiting = [f["key"] for f in batch.facts if ledger.change(f["key"]).status == "approved"]
+        waiting = [f.key for f in batch.facts if ledger.change(f.key).status == "approved"]
         if waiting:
             ledger.mark_applied(waiting, reg.name, existing, reg.version(existing).run_id)
         return existing
-    not_approved = [f["key"] for f in batch.facts if ledger.change(f["key"]).status != "approved"]
+    not_approved = [f.key for f in batch.facts if ledger.change(f.key).status != "approved"]
     if not_approved:
         raise FreshenError(f"stage2: {not_approved} are no longer approved (decided again since the batch "
                            "was planned); plan a new batch")
     orphan = reg.orphan_run(batch.key)
     if orphan is None:
-        missing = [f["key"] for i, f in enumerate(batch.facts) if not batch.z_path(i).is_file()]
+        missing = [f.key for i, f in enumerate(batch.facts) if not batch.z_path(i).is_file()]
         if missing:
             raise FreshenError(f"stage2: Stage I results missing for {missing} in {batch.dir}; run stage1 first")
         zs, diag = [], []
         for i, f in enumerate(batch.facts):
             with safe_open(batch.z_path(i), "pt") as fh:
                 zs.append(fh.get_tensor("z"))
-                diag.append({"key": f["key"], **json.loads(fh.metadata()["losses"])})
+                diag.append({"key": f.key, **json.loads(fh.metadata()["losses"])})
         t0 = time.time()
         model = reg.base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
         layers = hp.edit_layers(model.n_layers)
         base = reg.version(batch.parent).manifest["base"]
         captions = _captions(settings, base["family"])
-        requests = _requests(batch.facts)
-        # C0 and P belong to the base model (ALGORITHMS.md: computed once per base, cached);
+        requests = [f.request() for f in batch.facts]
+        # C0 and P belong to the base model (docs/method.md: computed once per base, cached);
         # then the parent's chain is replayed on the same copy, which becomes the parent
         chain = reg.chain(batch.parent)
         kept = preservation(model, layers, captions, hp, settings.home / "cache", base["hash"],
@@ -255,9 +234,9 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     else:
         version = reg.register_run(orphan)
     v = reg.version(version)
-    ledger.mark_applied([f["key"] for f in batch.facts], reg.name, version, v.run_id)
+    ledger.mark_applied([f.key for f in batch.facts], reg.name, version, v.run_id)
     ledger.version_event(reg.name, version, "registered", by,
-                         {"parent": batch.parent, "facts": [f["key"] for f in batch.facts], "run_id": v.run_id})
+                         {"parent": batch.parent, "facts": [f.key for f in batch.facts], "run_id": v.run_id})
     return version
 
 
@@ -274,8 +253,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
         reasons = v.tags.get("freshen.gate_reasons", "")
         return GateResult(v.gate, champion, version, reasons="" if reasons == "-" else reasons, already=True)
     cfg = GateConfig.load(settings.gate)
-    facts = [FactCase(f["key"], f["source"], f["target"], [e["text"] for e in f["entities"]])
-             for f in v.manifest["facts"]]
+    facts = [FactCase.of(f) for f in v.facts]
     judge = judge_for(settings, v.manifest["base"]["family"])
     probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
     ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
@@ -289,7 +267,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     report = {"version": version, "champion_before": champion, **verdict.to_json(),
               "per_fact": ev.per_fact, "seeds": ev.seeds, "seconds": ev.seconds}
     (out / "gate.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    grid = before_after_grid(out / "before_after.png", ev, v.manifest["facts"], champion, version)
+    grid = before_after_grid(out / "before_after.png", ev, v.facts, champion, version)
     reg.log_artifacts(version, out / "gate.json", "gate")
     reg.log_artifacts(version, out / "gate_table.csv", "gate")
     if verdict.docs_page:
@@ -301,7 +279,7 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
                          {"table": verdict.table, "failed": verdict.failed, "docs_page": verdict.docs_page,
                           "champion": champion})
     reg.drop_alias(CANDIDATE)
-    keys = [f["key"] for f in v.manifest["facts"]]
+    keys = [f.key for f in v.facts]
     if verdict.passed:
         reg.set_alias(CHAMPION, version)
         ledger.version_event(reg.name, version, "promoted", by, {"from": champion, "reason": "gate passed"})
@@ -318,7 +296,7 @@ def lineage(reg, version: int) -> list[int]:
 
 
 def lineage_facts(reg, version: int) -> list[tuple[int, list[str]]]:
-    return [(n, [f["key"] for f in reg.version(n).manifest["facts"]]) for n in lineage(reg, version)]
+    return [(n, [f.key for f in reg.version(n).facts]) for n in lineage(reg, version)]
 
 
 def promote(settings: Settings, version: int, by: str, reason: str) -> PromoteResult:
@@ -326,12 +304,12 @@ def promote(settings: Settings, version: int, by: str, reason: str) -> PromoteRe
     from registry.versions import CHAMPION
 
     if not by or not by.strip() or not reason or not reason.strip():
-        raise ValueError("promote: --by and --reason are required")
+        raise InvalidInput("promote: --by and --reason are required")
     reg, ledger = settings.open_registry(), settings.open_ledger()
     target = reg.version(version).number
     old = reg.champion()
     old_line, new_line = lineage(reg, old), lineage(reg, target)
-    dropped = [(n, [f["key"] for f in reg.version(n).manifest["facts"]]) for n in old_line if n not in new_line]
+    dropped = [(n, [f.key for f in reg.version(n).facts]) for n in old_line if n not in new_line]
     reg.set_alias(CHAMPION, target)
     reg.tag(target, promoted_by=by)
     ledger.version_event(reg.name, target, "promoted", by, {"from": old, "reason": reason, "manual": True})
@@ -339,7 +317,7 @@ def promote(settings: Settings, version: int, by: str, reason: str) -> PromoteRe
     return PromoteResult(target, old, by, reason, [n for n, _ in dropped])
 
 
-def before_after_grid(path: Path, ev, facts: list[dict], parent: int, version: int, per: int = 3) -> Path:
+def before_after_grid(path: Path, ev, facts: list[Fact], parent: int, version: int, per: int = 3) -> Path:
     """One row per fact: the champion's images of the source | the candidate's | the
     champion's of the target, each with the judge's label (the first ``per`` seeds)."""
     from freshen.grid import comparison_grid
@@ -348,7 +326,7 @@ def before_after_grid(path: Path, ev, facts: list[dict], parent: int, version: i
     rows = []
     for i, f in enumerate(facts):
         sl = slice(i * fs, i * fs + per)
-        rows.append((f"{f['key']}: {f['source']} -> {f['target']}",
+        rows.append((f"{f.key}: {f.source} -> {f.target}",
                      [(ev.images[k][sl], ev.labels[k][sl]) for k in ("champion:source", "candidate:source",
                                                                       "champion:target")]))
     path.parent.mkdir(parents=True, exist_ok=True)

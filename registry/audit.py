@@ -12,6 +12,8 @@ import io
 import json
 from typing import TYPE_CHECKING
 
+from common.errors import InvalidInput
+
 if TYPE_CHECKING:
     from feeds.ledger import Ledger
     from registry.versions import Registry
@@ -33,8 +35,8 @@ def audit_version(reg: Registry, ledger: Ledger, number: int) -> dict:
         "run_id": v.run_id, "artifact_uri": run.info.artifact_uri, "code_version": m.get("code_version"),
         "created_at": m.get("created_at"), "created_by": m.get("created_by"),
         "base": m["base"], "chain_length": len(m["chain"]),
-        "facts": [{k: f.get(k) for k in ("key", "source", "target", "entities", "approved_by", "approved_at",
-                                         "ref", "observed_at")} for f in m["facts"]],
+        "facts": [{k: getattr(f, k) for k in ("key", "source", "target", "entities", "approved_by", "approved_at",
+                                              "ref", "observed_at")} for f in v.facts],
         "hparams": m.get("hparams"),
         "live_facts": len(reg.live_facts(v.number)),  # the latest fact of each source along the lineage
         # ||W_l - W0_l|| / ||W0_l|| per edit layer once this version's edit is applied
@@ -61,7 +63,7 @@ def audit_fact(reg: Registry, ledger: Ledger, key: str) -> dict:
     versions = []
     for n in reg.versions():
         v = reg.version(n)
-        if any(f["key"] == row.key for f in v.manifest["facts"]):
+        if any(f.key == row.key for f in v.facts):
             versions.append({"version": n, "gate": v.gate, "aliases": v.aliases})
     return {"key": row.key, "feed": row.feed, "id": row.change_id, "revision": row.revision,
             "source": row.source, "target": row.target, "entities": row.entities, "ref": row.ref,
@@ -77,17 +79,16 @@ EXPORT_FIELDS = ("version", "parent", "gate", "aliases", "run_id", "created_at",
 def audit_export(reg: Registry, ledger: Ledger, fmt: str = "json") -> str:
     """One row per (version, fact) — the base version has one row with no fact."""
     if fmt not in ("json", "csv"):
-        raise ValueError(f"audit export: format must be json or csv, got {fmt!r}")
+        raise InvalidInput(f"audit export: format must be json or csv, got {fmt!r}")
     rows = []
     for n in reg.versions():
         v = reg.version(n)
         head = {"version": n, "parent": v.parent, "gate": v.gate, "aliases": ",".join(v.aliases),
                 "run_id": v.run_id, "created_at": v.manifest.get("created_at")}
-        facts = v.manifest["facts"] or [None]
-        for f in facts:
-            rows.append(head | ({"fact": f["key"], "source": f["source"], "target": f["target"],
-                                 "approved_by": f["approved_by"], "approved_at": f["approved_at"],
-                                 "fact_status_now": ledger.change(f["key"]).status} if f else
+        for f in v.facts or [None]:
+            rows.append(head | ({"fact": f.key, "source": f.source, "target": f.target,
+                                 "approved_by": f.approved_by, "approved_at": f.approved_at,
+                                 "fact_status_now": ledger.change(f.key).status} if f else
                                 {k: None for k in EXPORT_FIELDS[6:]}))
     if fmt == "json":
         return json.dumps(rows, indent=1)

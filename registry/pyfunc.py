@@ -16,15 +16,12 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 
 
-def _prompts(model_input) -> list[str]:
-    if isinstance(model_input, str):
-        return [model_input]
-    if hasattr(model_input, "columns"):  # a pandas DataFrame
-        column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-        return [str(p) for p in model_input[column]]
-    return [str(p) for p in model_input]
+def _prompts(model_input: pd.DataFrame) -> list[str]:
+    column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+    return [str(p) for p in model_input[column]]
 
 
 class FreshenModel(mlflow.pyfunc.PythonModel):
@@ -37,7 +34,9 @@ class FreshenModel(mlflow.pyfunc.PythonModel):
         cache.mkdir(parents=True, exist_ok=True)
         self.model = materialise(self.manifest, cache)
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        # the version is logged with a signature (``signature()``), so MLflow hands predict a
+        # DataFrame of one column whatever the caller passed: a string, a list or a DataFrame
         params = params or {}
         return self.model.generate_many(
             _prompts(model_input), seed=int(params.get("seed", 0)),
@@ -46,7 +45,13 @@ class FreshenModel(mlflow.pyfunc.PythonModel):
 
 
 def signature():
-    """Prompts in; ``seed``, ``num_inference_steps``, ``guidance_scale`` as params (0 = default)."""
+    """Prompts in; ``seed``, ``num_inference_steps``, ``guidance_scale`` as params (0 = default).
+
+    Versions are logged with this signature and without an input example: MLflow validates an
+    input example by loading the logged model and predicting, which for a version means
+    materialising the base and its chain and drawing an image at every registration; the gate
+    loads and judges the version right after, and ``tests/test_registry.py`` loads a version
+    through ``mlflow.pyfunc.load_model``."""
     from mlflow.models import infer_signature
 
     return infer_signature(["a prompt"], None, params={"seed": 0, "num_inference_steps": 0, "guidance_scale": 0.0})

@@ -25,13 +25,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from common.errors import UserError
+from common.hashing import directory_hash, file_sha256
 from editing.model import DiffusionModel, load_model, resolve_local
 from editing.state import EDIT_FILE, Edit, EditState
-from hashing import directory_hash, file_sha256
+from feeds.contract import Fact
 from registry.pyfunc import signature as pyfunc_signature
 
 log = logging.getLogger(__name__)
@@ -43,8 +46,8 @@ CHAMPION, CANDIDATE = "champion", "candidate"
 T = "freshen."  # prefix of every tag this module writes
 
 
-class RegistryError(RuntimeError):
-    pass
+class RegistryError(UserError, RuntimeError):
+    """The registry's state forbids the operation (no such version, no champion, a base already there)."""
 
 
 class BaseMismatch(RegistryError):
@@ -66,11 +69,10 @@ def code_version() -> str:
     return f"{pkg}+{sha}" if sha else pkg
 
 
-def batch_key(parent: int, base_hash: str, facts: list[dict], hparams: dict) -> str:
+def batch_key(parent: int, base_hash: str, facts: list[Fact], hparams: dict) -> str:
     """What makes two batches the same: parent, base, facts (key + content), hyperparameters."""
     body = json.dumps({"parent": parent, "base": base_hash,
-                       "facts": sorted((f["key"], f.get("content_hash", ""), f["source"], f["target"] or "")
-                                       for f in facts),
+                       "facts": sorted((f.key, f.content_hash, f.source, f.target or "") for f in facts),
                        "hparams": hparams}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
@@ -131,6 +133,11 @@ class Version:
     @property
     def gate(self) -> str:
         return self.tags.get(T + "gate", "")
+
+    @property
+    def facts(self) -> list[Fact]:
+        """The fact changes this version's own batch wrote (none for the base)."""
+        return [Fact.from_json(f) for f in self.manifest.get("facts", [])]
 
     def summary(self) -> dict:
         return {"version": self.number, "parent": self.parent, "aliases": self.aliases,
@@ -237,16 +244,17 @@ class Registry:
             out.append(parent)
         return out[::-1]
 
-    def live_facts(self, number: int) -> list[dict]:
+    def live_facts(self, number: int) -> list[tuple[int, Fact]]:
         """The live fact set of version ``number``: along its lineage, the latest fact of
-        each source (case and spacing ignored), in the order they became live."""
+        each source (case and spacing ignored) with the version that brought it, in the order
+        they became live."""
         from editing.requests import normalise
 
-        live: dict[str, dict] = {}
+        live: dict[str, tuple[int, Fact]] = {}
         for n in self.lineage(number):
-            for f in self.version(n).manifest["facts"]:
-                live.pop(normalise(f["source"]), None)
-                live[normalise(f["source"])] = {**f, "version": n}
+            for f in self.version(n).facts:
+                live.pop(normalise(f.source), None)
+                live[normalise(f.source)] = (n, f)
         return list(live.values())
 
     def chain(self, number: int) -> list[Edit]:
@@ -302,14 +310,15 @@ class Registry:
                                        max_results=1)
         return runs[0].info.run_id if runs else None
 
-    def upload_batch(self, parent: int, edit: Edit, facts: list[dict], hparams: dict, key: str,
+    def upload_batch(self, parent: int, edit: Edit, facts: list[Fact], hparams: dict, key: str,
                      by: str = "freshen", extra: dict | None = None) -> str:
         """Step 1 of a registration: a finished run holding the batch's artifacts."""
         p = self.version(parent)
         # a consolidated edit is the base plus itself: its chain starts afresh (the parent
         # stays the lineage); a sequential one goes on top of the parent's chain
         manifest = {"name": self.name, "parent": parent, "base": p.manifest["base"],
-                    "chain": [] if edit.from_base else list(p.manifest["chain"]), "facts": facts, "hparams": hparams,
+                    "chain": [] if edit.from_base else list(p.manifest["chain"]),
+                    "facts": [f.to_json() for f in facts], "hparams": hparams,
                     "code_version": code_version(), "created_by": by, "batch_key": key,
                     "created_at": datetime.now(UTC).isoformat(timespec="seconds"), **(extra or {})}
         return self._upload(manifest, edit, {T + "role": "batch", T + "batch_key": key,
@@ -331,7 +340,7 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CANDIDATE, str(version))
         return version
 
-    def register_batch(self, parent: int, edit: Edit, facts: list[dict], hparams: dict, key: str,
+    def register_batch(self, parent: int, edit: Edit, facts: list[Fact], hparams: dict, key: str,
                        by: str = "freshen", extra: dict | None = None) -> int:
         existing = self.find_batch(key)
         if existing is not None:
@@ -352,10 +361,12 @@ class Registry:
             manifest["run_id"] = run.info.run_id
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
             self.mlflow.log_artifact(str(tmp / MANIFEST))
-            info = self.mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                artifacts={"manifest": str(tmp / MANIFEST)}, signature=pyfunc_signature(),
-                pip_requirements=["freshen"])
+            with warnings.catch_warnings():  # no input example, on purpose: registry.pyfunc.signature
+                warnings.filterwarnings("ignore", message=".*input example was not provided")
+                info = self.mlflow.pyfunc.log_model(
+                    name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                    artifacts={"manifest": str(tmp / MANIFEST)}, signature=pyfunc_signature(),
+                    pip_requirements=["freshen"])
             self.mlflow.log_params({"parent": manifest["parent"], "facts": len(manifest["facts"]),
                                     "base_hash": manifest["base"]["hash"][:16]})
             if edit is not None and "update_norm" in edit.meta:  # ||W_l - W0_l|| / ||W0_l|| per layer

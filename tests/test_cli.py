@@ -53,6 +53,7 @@ def test_feeds_and_facts_from_the_command_line(tmp_path):
     ]) + "\n")
     out = freshen("feeds", "ingest", str(feed), "--json", home=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "great_expectations" not in out.stderr and "Warning" not in out.stderr, out.stderr[-2000:]
     (summary,) = json.loads(out.stdout)
     assert (summary["accepted"], summary["rejected"]) == (2, 1)
     assert summary["rejections"][0]["line"] == 3

@@ -60,8 +60,13 @@ def test_refresh_dag_end_to_end_lands_only_approved_facts(tmp_path, world):
     run(["facts", "reject", "desk:d2", "--by", "alice", "--comment", "source not confirmed"], env)
     no_policy = tmp_path / "policy.json"
     no_policy.write_text(json.dumps({"name": "none", "auto_approve": []}))
-    out = run(["demo", "--feed", str(feed), "--policy", str(no_policy)], env).stdout
-    assert "knowledge_refresh" in out or "Airflow run" in out
+    p = run(["demo", "--feed", str(feed), "--policy", str(no_policy)], env)
+    # a quiet console: no third-party warning or GX INFO line; a short account at the end
+    noise = [line for line in p.stderr.splitlines() if "Warning" in line or "INFO great_expectations" in line]
+    assert noise == [], noise[:5]
+    account = p.stdout[p.stdout.index("freshen demo:"):].splitlines()
+    assert len(account) <= 30 and "champion  v2 (lineage v1 -> v2)" in p.stdout, p.stdout[-3000:]
+    assert "approved  2 changes, by alice" in p.stdout and "gate      PASSED against v1" in p.stdout
     summary = json.loads((tmp_path / "home" / "out" / "demo" / "summary.json").read_text())
     assert summary["state"] == "success"
     assert summary["tasks"]["stage1[0]"] == "success" and summary["tasks"]["stage1[1]"] == "success"
@@ -75,7 +80,8 @@ def test_refresh_dag_end_to_end_lands_only_approved_facts(tmp_path, world):
     assert status["desk:d0"][0] == status["desk:d1"][0] == "applied"
     # a second run adds nothing
     again = json.loads(run(["registry", "list", "--json"], env).stdout)
-    run(["demo", "--feed", str(feed), "--policy", str(no_policy)], env)
+    rerun = run(["demo", "--feed", str(feed), "--policy", str(no_policy)], env).stdout
+    assert "version   none made" in rerun
     assert json.loads(run(["registry", "list", "--json"], env).stdout) == again
 
 

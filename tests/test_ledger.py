@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common.errors import InvalidInput, NotFound
 from feeds.ingest import validated_rows
 from feeds.ledger import Ledger
 
@@ -72,12 +73,14 @@ def test_two_changes_of_one_source_conflict_until_a_steward_picks(ledger, tmp_pa
 def test_decisions_need_a_name_and_rejections_a_reason(ledger, tmp_path, ingest):
     ingest(ledger, write(tmp_path / "f.jsonl", [{"id": "1", "source": "the flag of Y", "target": "a red ring"},
                                                 {"id": "2", "source": "the flag of Z", "target": "a red ring"}]))
-    with pytest.raises(ValueError, match="--by"):
+    # user errors (the CLI prints them and exits 2), of the built-in kinds a caller expects
+    with pytest.raises(InvalidInput, match="--by"):
         ledger.decide(["f:1"], "approved", by=" ")
     with pytest.raises(ValueError, match="comment"):
         ledger.decide(["f:1"], "rejected", by="dana")
-    with pytest.raises(KeyError, match="f:7"):
+    with pytest.raises(NotFound, match="f:7") as missing:
         ledger.decide(["f:7"], "approved", by="dana")
+    assert isinstance(missing.value, LookupError) and str(missing.value).startswith("no change 'f:7'")
     ledger.decide(["f:2"], "rejected", by="dana", comment="unsourced")
     assert ledger.approved_for_editing() == []  # pending and rejected changes never reach editing
     ledger.decide(["f:1"], "approved", by="dana", comment="checked")

@@ -1,4 +1,4 @@
-"""What keeps many edits sound (ALGORITHMS.md "What keeps many edits sound"): targets
+"""What keeps many edits sound (docs/method.md "Many edits: what freshen adds"): targets
 anchored to the base, C0 without the constant [BOS] key, bounded updates, and the live
 fact set of consolidated versions (revisions replace, reverts are exact)."""
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from common.hashing import directory_hash
 from editing.model import DiffusionModel, ModelLoadError, load_model
-from hashing import directory_hash
 
 
 def manual_fc2_keys(model: DiffusionModel, prompts, layer: int) -> torch.Tensor:

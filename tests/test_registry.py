@@ -61,7 +61,7 @@ HARMFUL = dict(nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)  # an edit
 def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
     """Stage II of a planned batch (its Stage I results) on ``model``, outside the registry."""
     hp = EditHParams.from_json(batch.hparams)
-    reqs = refresh._requests(batch.facts)
+    reqs = [f.request() for f in batch.facts]
     pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs)
     zs = torch.stack([load_file(batch.z_path(i))["z"] for i in range(len(batch.facts))])
     e = apply_targets(model, reqs, zs, hp, state, pres)
@@ -196,7 +196,7 @@ def test_base_is_version_one_and_champion(story):
 def test_batch_registers_a_candidate_with_manifest_and_tags(home, story):
     a = story("batch_a")
     keys, batch = a["keys"], a["batch"]
-    assert [f["key"] for f in batch.facts] == keys and batch.parent == 1
+    assert [f.key for f in batch.facts] == keys and batch.parent == 1
     assert a["stage1_one"] == [keys[1]]
     assert a["version"] == 2 and a["aliases"] == ["candidate"]
     reg = Registry.from_settings(settings(home))
@@ -238,7 +238,7 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
     reg = Registry.from_settings(s)
     assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
     # the live fact set: the latest change of each source (b2 revises a1's source)
-    assert [f["key"] for f in reg.live_facts(3)] == ["wire:a2", "wire2:b1", "wire2:b2"]
+    assert [(n, f.key) for n, f in reg.live_facts(3)] == [(2, "wire:a2"), (3, "wire2:b1"), (3, "wire2:b2")]
     assert reg.lineage(3) == [1, 2, 3]
 
     # the same two batches edited in memory, from the base, give the same weights bit for bit
@@ -338,6 +338,10 @@ def test_gate_suite_verdicts(tmp_path):
     good = gate.judge(metrics_table({"efficacy": 0.9, "specificity": 0.95, "fid": 10.2},
                                     {"efficacy": 0.0, "specificity": 0.96, "fid": 10.0}), "good")
     assert good.passed and not good.failed and Path(good.docs_page).is_file()
+    # a champion at 0 leaves the relative change undefined: None, so the verdict is strict JSON
+    # (an Airflow XCom refuses NaN)
+    assert next(r for r in good.table if r["metric"] == "efficacy")["relative"] is None
+    json.dumps(good.to_json(), allow_nan=False)
     bad = gate.judge(metrics_table({"efficacy": 0.5, "specificity": 0.90, "fid": 11.0},
                                    {"efficacy": 0.0, "specificity": 0.96, "fid": 10.0}), "bad")
     assert not bad.passed

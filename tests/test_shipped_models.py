@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from common.hashing import file_sha256
 from feeds.ner import NerTagger
-from hashing import file_sha256
 from toyworld import paths
 from toyworld.release import shipped_files
 from toyworld.world import render

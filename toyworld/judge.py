@@ -1,7 +1,7 @@
 """ToyWorld's judge: a small CNN that names the shape and colour of an image.
 
-It plays the part that a CLIP zero-shot judge and an Inception network play for real
-models: its labels decide efficacy and specificity, its pooled features feed FID.
+It plays the part that the CLIP judge plays for real models (``validation.clip_judge``):
+its labels decide efficacy and specificity, its pooled features feed FID.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ shared: both worlds draw the same visual vocabulary.
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import InvalidInput
+
 TOYWORLD_DIR = Path(__file__).resolve().parent
 DATA_DIR = TOYWORLD_DIR / "data"
 MODELS_DIR = TOYWORLD_DIR / "models"
@@ -45,5 +47,5 @@ WORLD_PATHS = {
 
 def world_paths(name: str) -> WorldPaths:
     if name not in WORLD_PATHS:
-        raise ValueError(f"unknown ToyWorld {name!r}; the shipped worlds are {sorted(WORLD_PATHS)}")
+        raise InvalidInput(f"unknown ToyWorld {name!r}; the shipped worlds are {sorted(WORLD_PATHS)}")
     return WORLD_PATHS[name]

@@ -81,7 +81,7 @@ class ToyDiffusionPipeline(DiffusionPipeline):
         # The U-Net cross-attends to the prompt's own tokens only ([BOS] and the words), not
         # to [EOS] and the padding after it. A small encoder otherwise looks every fact up in
         # [EOS] straight from the word embeddings; CLIP in Stable Diffusion recalls it at the
-        # subject's last token, where the editing method reads and writes (ALGORITHMS.md).
+        # subject's last token, where the editing method reads and writes (docs/method.md).
         self.register_to_config(content_tokens_only=content_tokens_only)
 
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:

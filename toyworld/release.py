@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hashing import file_sha256
+from common.hashing import file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import InvalidInput
 from editing.model import ModelLoadError, resolve_local
 from editing.requests import normalise
 from validation.evaluate import FactCase, ProbeSet
@@ -96,6 +97,6 @@ class ClipJudge:
             return ProbeSet(same, unrelated, [], None)
         files = sorted(p for p in Path(reference_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if not files:
-            raise ValueError(f"FID reference directory {reference_dir} holds no .png/.jpg images")
+            raise InvalidInput(f"FID reference directory {reference_dir} holds no .png/.jpg images")
         ref = [np.asarray(Image.open(p).convert("RGB")) for p in files]
         return ProbeSet(same, unrelated, rng.sample(pool, min(fid_prompts, len(pool))), np.stack(ref))

@@ -30,16 +30,23 @@ import numpy as np
 
 from editing.model import DiffusionModel
 from editing.requests import normalise
+from feeds.contract import Fact
 
 GENERALITY_TEMPLATES = ("a painting of {}", "a sketch of {}")
 
 
 @dataclass
 class FactCase:
+    """What the evaluation needs of a fact: its prompts and the texts of its entities."""
+
     key: str
     source: str
     target: str
     entities: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, fact: Fact) -> FactCase:
+        return cls(fact.key, fact.source, fact.target, fact.entity_texts)
 
 
 @dataclass

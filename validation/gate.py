@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.errors import InvalidInput, read_user_file
+
 SUITE = "promotion_gate"
 
 
@@ -37,16 +39,16 @@ class GateConfig:
         if not path:
             return cls()
         try:
-            raw = json.loads(Path(path).read_text())
+            raw = json.loads(read_user_file(path, "gate config"))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"gate config {path}: not valid JSON ({exc.msg})") from exc
+            raise InvalidInput(f"gate config {path}: not valid JSON ({exc.msg})") from exc
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
-            raise ValueError(f"gate config {path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise InvalidInput(f"gate config {path}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
         for k, v in raw.items():
             if not isinstance(v, int | float) or isinstance(v, bool):
-                raise ValueError(f"gate config {path}: field {k!r} must be a number, got {v!r}")
+                raise InvalidInput(f"gate config {path}: field {k!r} must be a number, got {v!r}")
         return cls(**raw)
 
 
@@ -57,6 +59,12 @@ def metrics_table(candidate: dict[str, float], champion: dict[str, float]) -> pd
         rows.append({"metric": metric, "candidate": c, "champion": p, "delta": c - p,
                      "relative": (c - p) / p if p else float("nan")})
     return pd.DataFrame(rows)
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    """The table's rows as JSON values: an undefined ``relative`` (a champion at 0) is None, not
+    NaN, which JSON (an Airflow XCom, the ledger) cannot carry."""
+    return table.astype(object).where(table.notna(), None).to_dict("records")
 
 
 @dataclass
@@ -128,7 +136,7 @@ class Gate:
                                    "column": meta["column"], "observed": observed[0],
                                    "threshold": meta["threshold"], "reason": meta["reason"]})
         thresholds = {k: v for k, v in asdict(self.t).items() if k.endswith(("_min", "_max"))}
-        return Verdict(not failed, failed, table.to_dict("records"), thresholds,
+        return Verdict(not failed, failed, _records(table), thresholds,
                        str(page) if page and page.is_file() else None)
 
 

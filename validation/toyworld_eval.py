@@ -1,4 +1,4 @@
-"""Measuring an edit in ToyWorld (ALGORITHMS.md "Measuring an edit").
+"""Measuring an edit in ToyWorld (docs/method.md "Measuring an edit").
 
 Probes are prompts with the visual they should show: efficacy (the edited source),
 generality (its held-out context and paraphrases), specificity (the entity's other

@@ -5,9 +5,9 @@ are declared once (``freshen.cli.common``)."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from freshen import console
 from freshen.cli import dev, feeds, run, service
 
 
@@ -15,6 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="freshen", description="Continual knowledge updates for text-to-image "
                                 "diffusion models: feeds of fact changes, approvals, closed-form edits, "
                                 "versions, a promotion gate, audit.")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' logs and warnings (Airflow, MLflow, GX, transformers)")
     sub = p.add_subparsers(dest="command", required=True)
     feeds.add_parsers(sub)  # feeds ingest, facts list / approve / reject
     service.add_parsers(sub)  # registry init / list / promote, refresh, audit version / fact / export
@@ -24,14 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from editing.model import ModelLoadError
-    from freshen.errors import FreshenError
-    from registry.versions import RegistryError
+    console.configure(verbose=args.verbose)
+    from common.errors import UserError
 
     try:
         return args.func(args)
-    except (ValueError, KeyError, ModelLoadError, FileNotFoundError, RegistryError, FreshenError) as exc:
+    except UserError as exc:  # anything else is a bug and keeps its traceback
         print(f"freshen: error: {exc}", file=sys.stderr)
         return 2

@@ -11,16 +11,10 @@ from freshen.cli.common import HOME, settings
 
 
 def demo_run(args: argparse.Namespace) -> int:
-    from freshen.demo import run_demo
-    from registry.audit import format_version
+    from freshen.demo import account, run_demo
 
     kw = {k: v for k, v in (("feed", args.feed), ("policy", args.policy)) if v is not None}
-    s = run_demo(settings(args), **kw)
-    ran = sorted(k for k, v in s["tasks"].items() if v == "success")
-    print(f"Airflow run {s['dag_run']}: {s['state']} ({len(ran)} tasks ran: {', '.join(ran)})")
-    print(format_version(s["audit"]))
-    print(f"champion: v{s['champion']} (lineage {' -> '.join(f'v{n}' for n in s['lineage'])}); "
-          f"{s['seconds']} s; summary {s['summary_file']}")
+    print(account(run_demo(settings(args), **kw)))
     return 0
 
 
