@@ -258,8 +258,11 @@ class Ledger:
             raise NotFound(f"no change {key!r} in the ledger (ids are FEED:ID)")
         return row
 
-    def decide(self, keys: Iterable[str], decision: str, by: str, comment: str | None = None) -> list[str]:
-        """Approve or reject changes. Approving one of a conflict rejects its rivals."""
+    def decide(self, keys: Iterable[str], decision: str, by: str, comment: str | None = None,
+               via: str | None = None) -> list[str]:
+        """Approve or reject changes. Approving one of a conflict rejects its rivals. ``via``:
+        how the decision came (the CLI and the operating-system user running it, an Airflow
+        run), kept in the decision's event beside the comment."""
         if decision not in ("approved", "rejected"):
             raise InvalidInput(f"decision must be 'approved' or 'rejected', got {decision!r}")
         if not by or not by.strip():
@@ -274,7 +277,7 @@ class Ledger:
                     raise InvalidInput(f"{row.key} is {row.status}; only pending, approved or conflict "
                                      "changes can be decided")
                 row.status, row.decided_by, row.decided_at, row.comment = decision, by, now(), comment
-                self._event(s, row, decision, by, comment)
+                self._event(s, row, decision, by, " ".join(filter(None, (comment, via and f"[via {via}]"))) or None)
                 if decision == "approved":
                     rivals = s.scalars(select(ChangeRow).where(
                         ChangeRow.source_norm == row.source_norm, ChangeRow.status == "conflict",

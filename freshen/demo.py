@@ -116,8 +116,9 @@ def account(s: dict) -> str:
             rule = _rules(Path(s["versions_dir"]) / f"v{a['version']}" / "gate.json")
             for r in g["table"]:
                 if r["metric"] in rule:
-                    lines.append(f"              {r['metric']:12} v{a['version']} {r['candidate']:8.3f}   "
-                                 f"v{g['champion_at_gate']} {r['champion']:8.3f}   {rule[r['metric']]}")
+                    base = f"   base {r['base']:8.3f}" if r.get("base") is not None else ""
+                    lines.append(f"              {r['metric']:16} v{a['version']} {r['candidate']:8.3f}   "
+                                 f"v{g['champion_at_gate']} {r['champion']:8.3f}{base}   {rule[r['metric']]}")
     lines.append(f"  champion  v{s['champion']} (lineage {' -> '.join(f'v{n}' for n in s['lineage'])})")
     grid = Path(s["versions_dir"]) / f"v{a['version']}" / "before_after.png"
     if a.get("grid"):
@@ -134,5 +135,9 @@ def _rules(gate_json: Path) -> dict[str, str]:
     t = json.loads(gate_json.read_text())["thresholds"] if gate_json.is_file() else {}
     rules = {"efficacy": f"needs >= {t['efficacy_min']:.2f}" if "efficacy_min" in t else "",
              "specificity": f"may drop {t['specificity_drop_max']:.2f}" if "specificity_drop_max" in t else "",
-             "fid": f"may rise {t['fid_increase_max']:.0%}" if "fid_increase_max" in t else ""}
+             "fid": f"may rise {t['fid_increase_max']:.0%}" if "fid_increase_max" in t else "",
+             "specificity_base": f"keeps {t['base_specificity_min']:.0%} of the base's"
+             if "base_specificity_min" in t else ""}
+    if "base_fid_increase_max" in t:
+        rules["fid"] += f" ({t['base_fid_increase_max']:.0%} over the base)"
     return rules

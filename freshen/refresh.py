@@ -241,7 +241,8 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
 
 
 def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
-    """Evaluate ``version`` against the champion; promote it if the GX suite passes."""
+    """Evaluate ``version`` against the champion and the unedited base; promote it if the GX
+    suite passes."""
     from registry.versions import CANDIDATE, CHAMPION
     from validation.evaluate import FactCase, evaluate
     from validation.gate import Gate, GateConfig, metrics_table
@@ -256,10 +257,12 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     facts = [FactCase.of(f) for f in v.facts]
     judge = judge_for(settings, v.manifest["base"]["family"])
     probes = judge.probes(facts, n_unrelated=cfg.unrelated_probes, fid_seeds=cfg.fid_seeds, seed=settings.seed)
+    # the unedited base as well (cumulative drift), unless the champion is the base itself
+    base = reg.base_model(champion) if reg.version(champion).parent is not None else None
     ev = evaluate(reg.load(version), reg.load(champion), facts, judge, probes, fact_seeds=cfg.fact_seeds,
                   probe_seeds=cfg.probe_seeds, seed=settings.seed, num_inference_steps=settings.num_inference_steps,
-                  guidance_scale=settings.guidance_scale)
-    table = metrics_table(ev.candidate, ev.champion)
+                  guidance_scale=settings.guidance_scale, base=base)
+    table = metrics_table(ev.candidate, ev.champion, ev.base)
     verdict = Gate(settings.gx_dir, cfg).judge(table, f"{reg.name}-v{version}")
     out = settings.out_dir / "versions" / f"v{version}"
     out.mkdir(parents=True, exist_ok=True)

@@ -120,8 +120,10 @@ def format_version(a: dict) -> str:
     if g["table"]:
         lines.append(f"  gate: {g['status']} (against champion v{g['champion_at_gate']})")
         for r in g["table"]:
+            base = (f"  base {r['base']:.4f} ({r['vs_base']:+.1%})"
+                    if r.get("base") is not None and r.get("vs_base") is not None else "")
             lines.append(f"    {r['metric']:24} candidate {r['candidate']:.4f}  champion {r['champion']:.4f}  "
-                         f"delta {r['delta']:+.4f}")
+                         f"delta {r['delta']:+.4f}" + base)
         for f in g["failed"] or []:
             lines.append(f"    FAILED: {f['reason']} (observed {f['observed']})")
         if g["docs_page"]:

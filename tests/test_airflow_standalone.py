@@ -36,6 +36,7 @@ def airflow(tmp_path_factory):
     hp, gate = tmp / "hp.json", tmp / "gate.json"
     EditHParams.preset("toyworld", steps=8, noise_images=1, dest_steps=6).save(hp)
     gate.write_text(json.dumps({"efficacy_min": 0.0, "specificity_drop_max": 1.0, "fid_increase_max": 100.0,
+                                "base_specificity_min": 0.0, "base_fid_increase_max": 100.0,
                                 "fact_seeds": 1, "probe_seeds": 1, "unrelated_probes": 2, "fid_seeds": 0}))
     env = os.environ | {
         "AIRFLOW_HOME": str(tmp / "airflow"),

@@ -1,5 +1,6 @@
 """The ``freshen`` command line, run as a user runs it (a subprocess of the installed script)."""
 
+import getpass
 import json
 import os
 import subprocess
@@ -59,6 +60,10 @@ def test_feeds_and_facts_from_the_command_line(tmp_path):
     assert summary["rejections"][0]["line"] == 3
     out = freshen("facts", "approve", "wire:1", "--by", "dana", "--comment", "verified", home=tmp_path)
     assert out.returncode == 0 and "wire:1: approved by dana" in out.stdout
+    # the audit keeps who was named and who ran the command
+    history = json.loads(freshen("audit", "fact", "wire:1", "--json", home=tmp_path).stdout)["history"]
+    approved = next(e for e in history if e["event"] == "approved")
+    assert approved["actor"] == "dana" and f"OS user {getpass.getuser()}" in approved["detail"]
     out = freshen("facts", "reject", "wire:2", "--by", "dana", home=tmp_path)
     assert out.returncode != 0  # a rejection needs a comment (argparse says so)
     out = freshen("facts", "reject", "wire:2", "--by", "dana", "--comment", "no source", home=tmp_path)

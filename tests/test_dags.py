@@ -18,6 +18,7 @@ def env_for(tmp_path: Path) -> dict:
     EditHParams.preset("toyworld", steps=8, noise_images=1, dest_steps=6).save(hp)
     gate = tmp_path / "gate.json"
     gate.write_text(json.dumps({"efficacy_min": 0.0, "specificity_drop_max": 1.0, "fid_increase_max": 100.0,
+                                "base_specificity_min": 0.0, "base_fid_increase_max": 100.0,
                                 "fact_seeds": 1, "probe_seeds": 1, "unrelated_probes": 2, "fid_seeds": 0}))
     return os.environ | {"FRESHEN_HOME": str(tmp_path / "home"), "FRESHEN_HPARAMS": str(hp),
                          "FRESHEN_GATE": str(gate), "FRESHEN_NUM_INFERENCE_STEPS": "8",

@@ -47,7 +47,8 @@ def home(tmp_path_factory):
 
 
 def settings(home: Path, gate: str = "lenient", **hp) -> Settings:
-    cfg = (dict(efficacy_min=0.0, specificity_drop_max=1.0, fid_increase_max=100.0) if gate == "lenient"
+    cfg = (dict(efficacy_min=0.0, specificity_drop_max=1.0, fid_increase_max=100.0, base_specificity_min=0.0,
+                base_fid_increase_max=100.0) if gate == "lenient"
            else {})
     hp_name = "hp_" + "_".join(f"{k}-{v}" for k, v in sorted(hp.items())) + ".json"
     return Settings.from_env(home=home, num_inference_steps=10,
@@ -235,6 +236,11 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
     s = settings(home)
     assert b["batch"].parent == 2 and b["version"] == 3
     assert b["gate"].status == "passed"
+    # v3 is judged against its champion v2 and against the unedited base (cumulative drift)
+    rows = {r["metric"]: r for r in b["gate"].table}
+    assert 0 < rows["specificity_base"]["base"] <= 1 and rows["fid"]["base"] > 0
+    assert rows["fid"]["vs_base"] == pytest.approx(rows["fid"]["candidate"] / rows["fid"]["base"] - 1)
+    assert rows["efficacy"]["base"] is None  # the base is not judged on the batch's facts
     reg = Registry.from_settings(s)
     assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
     # the live fact set: the latest change of each source (b2 revises a1's source)
@@ -352,3 +358,26 @@ def test_gate_suite_verdicts(tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         GateConfig.load(write(tmp_path / "g.json", {"efficacy": 1}))
 
+
+
+
+def test_a_chain_within_each_version_allowance_is_held_at_the_base_budget(tmp_path):
+    """Each version loses 0.015 of specificity against its champion (the gate allows 0.02),
+    but the losses pile up against the unedited base: the third version crosses 95% of the
+    base's specificity and is held, by the cumulative expectation alone."""
+    gate = Gate(tmp_path / "gx", GateConfig())
+    base = {"specificity_base": 0.96, "fid": 10.0}  # the base's self-agreement and FID
+    verdicts = []
+    for n, (spec_vs_base, fid) in enumerate([(0.945, 10.3), (0.925, 10.6), (0.905, 10.9)], start=2):
+        candidate = {"efficacy": 0.9, "specificity": 0.935, "specificity_base": spec_vs_base, "fid": fid}
+        champion = {"efficacy": 0.0, "specificity": 0.95, "specificity_base": spec_vs_base + 0.02, "fid": fid - 0.3}
+        verdicts.append(gate.judge(metrics_table(candidate, champion, base), f"chain-v{n}"))
+    assert [v.passed for v in verdicts] == [True, True, False]
+    (failed,) = verdicts[2].failed
+    assert failed["metric"] == "specificity_base" and failed["column"] == "vs_base"
+    assert "of the unedited base's" in failed["reason"] and failed["observed"] < -0.05
+    # FID: within 5% of each champion, but 10.9 is 9% over the base: still within its 10%
+    assert all(f["metric"] != "fid" for v in verdicts for f in v.failed)
+    over = gate.judge(metrics_table({"efficacy": 0.9, "specificity": 0.95, "specificity_base": 0.95, "fid": 11.2},
+                                    {"efficacy": 0.0, "specificity": 0.95, "fid": 10.8}, base), "chain-fid")
+    assert [(f["metric"], f["column"]) for f in over.failed] == [("fid", "vs_base")]

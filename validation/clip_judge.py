@@ -73,6 +73,10 @@ class ClipJudge:
         best = (self.image_embeds(images) @ self._text.T).argmax(dim=1)
         return [self.labels[int(i)] for i in best]
 
+    def truth(self, prompt: str) -> None:
+        """A real model's destinations have no ground truth here: the champion's rendering."""
+        return None
+
     def fid(self, real: np.ndarray, fake: np.ndarray) -> float:
         from validation.fid import Features, fid
 

@@ -1,15 +1,19 @@
 """Evaluation of a candidate version against the champion, for the promotion gate.
 
 Both models draw the same prompts with the same seeds, and a judge labels every image:
-- efficacy: the candidate's images of each edited source show what the champion draws
-  for the fact's target (the destination as the unedited model sees it: the same
-  self-distillation reference Stage I used);
+- efficacy: the candidate's images of each edited source show the fact's target: its
+  ground truth where the judge's world knows it (ToyWorld: the visual of "a red circle"),
+  else what the champion draws for the target prompt (the self-distillation reference
+  Stage I used);
 - generality: the same, with context templates Stage I did not use;
 - specificity: on a fixed probe set (the facts' entities alone and, where the world knows
   them, the same entities' other prompts; unrelated prompts), images that show what the
   champion shows for that prompt. Same seeds, so an untouched prompt scores the same for
   both models; the gate looks at the drop;
-- FID of each model's images against reference images (judge features, torchmetrics).
+- FID of each model's images against reference images (judge features, torchmetrics);
+- against the unedited base as well (cumulative drift, which a chain of versions each
+  within the per-version allowance can pile up): ``specificity_base``, the share of probe
+  images labelled as the base labels them, and the base's FID on the same prompts.
 
 ToyWorld's judge is its shipped classifier (labels = shape x colour) and its features;
 for a real model the judge is a CLIP zero-shot classifier over the evaluation's own
@@ -74,6 +78,10 @@ class Judge(Protocol):
     def fid(self, real: np.ndarray, fake: np.ndarray) -> float:
         """FID of ``fake`` against ``real`` in the judge's feature space."""
 
+    def truth(self, prompt: str) -> object | None:
+        """The label a prompt's images should get where the judge's world knows it (ToyWorld:
+        a visual's prompt), else None: the champion's rendering of the prompt stands in."""
+
 
 class ToyWorldJudge:
     """ToyWorld's shipped classifier as the judge, its features for FID, its world for probes."""
@@ -95,6 +103,13 @@ class ToyWorldJudge:
         from validation.toyworld_eval import fid
 
         return fid(self.judge, real, fake)
+
+    def truth(self, prompt: str) -> object | None:
+        """The world's visual of an attribute prompt ("a red circle") or of a fact's prompt."""
+        if not hasattr(self, "_truth"):
+            self._truth = {normalise(p): v for p, v in self.world.attribute_prompts()}
+            self._truth |= {normalise(f.prompt): f.visual for f in self.world.facts}
+        return self._truth.get(normalise(prompt))
 
     def probes(self, facts: Sequence[FactCase], n_unrelated: int = 24, fid_seeds: int = 4,
                seed: int = 0) -> ProbeSet:
@@ -120,6 +135,7 @@ class ToyWorldJudge:
 class Evaluation:
     candidate: dict[str, float]
     champion: dict[str, float]
+    base: dict[str, float]  # the unedited base on the same probes (the champion's, when it is the base)
     per_fact: list[dict]
     images: dict[str, np.ndarray]  # "champion:source", "candidate:source", "champion:target" (fact-major)
     seeds: dict[str, int]
@@ -133,8 +149,10 @@ def _mode(labels: Sequence) -> object:
 
 def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequence[FactCase], judge: Judge,
              probes: ProbeSet, fact_seeds: int = 8, probe_seeds: int = 4, seed: int = 0,
-             **gen) -> Evaluation:
-    """Metrics of both models on the batch's facts and the probe set (see module doc)."""
+             base: DiffusionModel | None = None, **gen) -> Evaluation:
+    """Metrics of both models on the batch's facts and the probe set (see module doc), and
+    how far each has drifted from the unedited ``base`` (None: the champion is the base):
+    ``specificity_base`` is the share of probe images labelled as the base labels them."""
     t0 = time.time()
     n = len(facts)
     if n == 0:
@@ -150,12 +168,33 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         return images, judge.classify(images)
 
     ref_img, ref_lab = draw(champion, [f.target for f in facts], fact_seeds, 1)
-    expected = [_mode(ref_lab[i * fact_seeds:(i + 1) * fact_seeds]) for i in range(n)]
+    truth = [judge.truth(f.target) for f in facts]
+    expected = [t if t is not None else _mode(ref_lab[i * fact_seeds:(i + 1) * fact_seeds])
+                for i, t in enumerate(truth)]
     out: dict[str, dict[str, float]] = {}
     images: dict[str, np.ndarray] = {"champion:target": ref_img}
     labels: dict[str, list] = {"champion:target": list(ref_lab)}
-    per_fact = [{"key": f.key, "source": f.source, "target": f.target, "expected": str(expected[i])}
+    per_fact = [{"key": f.key, "source": f.source, "target": f.target, "expected": str(expected[i]),
+                 "expected_from": "truth" if truth[i] is not None else "champion"}
                 for i, f in enumerate(facts)]
+
+    def answers(lab: Sequence) -> list:  # each probe's most common label
+        return [_mode(lab[i * probe_seeds:(i + 1) * probe_seeds]) for i in range(len(probe_prompts))]
+
+    def fid_of(model: DiffusionModel) -> float:
+        per_fid = max(1, len(probes.fid_reference) // max(1, len(probes.fid_prompts)))
+        fid_img, _ = draw(model, probes.fid_prompts, per_fid, 5)
+        return judge.fid(probes.fid_reference, fid_img)
+
+    base_m: dict[str, float] = {}
+    base_expected = None
+    if base is not None:  # the unedited model's own answers: what cumulative specificity keeps
+        _, base_lab = draw(base, probe_prompts, probe_seeds, 4)
+        base_expected = answers(base_lab)
+        base_m["specificity_base"] = float(np.mean([lab == base_expected[j // probe_seeds]
+                                                    for j, lab in enumerate(base_lab)])) if base_lab else 1.0
+        if probes.fid_reference is not None:
+            base_m["fid"] = fid_of(base)
     probe_expected = None
     for name, model in (("champion", champion), ("candidate", candidate)):
         src_img, src_lab = draw(model, [f.source for f in facts], fact_seeds, 2)
@@ -164,8 +203,8 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         _, gen_lab = draw(model, general, probe_seeds, 3)
         _, probe_lab = draw(model, probe_prompts, probe_seeds, 4)
         if probe_expected is None:  # the champion's own answer is what specificity keeps
-            probe_expected = [_mode(probe_lab[i * probe_seeds:(i + 1) * probe_seeds])
-                              for i in range(len(probe_prompts))]
+            probe_expected = answers(probe_lab)
+            base_expected = base_expected or probe_expected
         eff = [np.mean([lab == expected[i] for lab in src_lab[i * fact_seeds:(i + 1) * fact_seeds]])
                for i in range(n)]
         per_g = probe_seeds * len(GENERALITY_TEMPLATES)
@@ -177,13 +216,15 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         m = {"efficacy": float(np.mean(eff)), "generality": float(np.mean(gen_hits)),
              "specificity": float(np.mean(same)) if same else 1.0}
         m |= {f"specificity_{k}": float(np.mean(v)) for k, v in by_kind.items() if v}
+        m["specificity_base"] = float(np.mean([lab == base_expected[j // probe_seeds]
+                                               for j, lab in enumerate(probe_lab)])) if probe_lab else 1.0
         if probes.fid_reference is not None:
-            per_fid = max(1, len(probes.fid_reference) // max(1, len(probes.fid_prompts)))
-            fid_img, _ = draw(model, probes.fid_prompts, per_fid, 5)
-            m["fid"] = judge.fid(probes.fid_reference, fid_img)
+            m["fid"] = fid_of(model)
         out[name] = m
         for i in range(n):
             per_fact[i][f"efficacy_{name}"] = round(float(eff[i]), 4)
-    return Evaluation(out["candidate"], out["champion"], per_fact, images,
+    if base is None:  # the champion is the base
+        base_m = {k: out["champion"][k] for k in ("specificity_base", "fid") if k in out["champion"]}
+    return Evaluation(out["candidate"], out["champion"], base_m, per_fact, images,
                       {"fact_seeds": fact_seeds, "probe_seeds": probe_seeds, "seed": seed},
                       round(time.time() - t0, 1), labels)

@@ -2,10 +2,15 @@
 Expectations suite, a verdict with the failed expectations and a Data Docs page.
 
 Table rows: metric, candidate, champion, delta (candidate - champion), relative
-(delta / champion). Expectations (defaults, all configurable with a JSON file):
+(delta / champion), base (the unedited model's value, where measured) and vs_base
+((candidate - base) / base). Expectations (defaults, all configurable with a JSON file):
 - efficacy on the batch's facts >= 0.8 (candidate column of the ``efficacy`` row);
 - specificity drop <= 0.02 (delta of the ``specificity`` row >= -0.02);
-- FID increase <= 5 % relative (relative of the ``fid`` row <= 0.05), when FID was measured.
+- FID increase <= 5 % relative (relative of the ``fid`` row <= 0.05), when FID was measured;
+- cumulative, against the base: specificity >= 0.95 of the base's (vs_base of the
+  ``specificity_base`` row >= -0.05) and FID <= +10 % of the base's (vs_base of the ``fid``
+  row <= 0.10), so that versions each within the per-version allowance cannot add up to
+  more drift than the base budget.
 GX is called directly (the Airflow provider conflicts with Airflow 3.3).
 """
 
@@ -29,6 +34,8 @@ class GateConfig:
     efficacy_min: float = 0.8
     specificity_drop_max: float = 0.02
     fid_increase_max: float = 0.05  # relative to the champion's FID
+    base_specificity_min: float = 0.95  # share of the base's specificity a version keeps
+    base_fid_increase_max: float = 0.10  # relative to the base's FID
     fact_seeds: int = 6  # images per edited source and per target
     probe_seeds: int = 3  # images per generality / specificity probe
     unrelated_probes: int = 24  # unrelated fact prompts (ToyWorld) next to the attribute prompts
@@ -52,12 +59,15 @@ class GateConfig:
         return cls(**raw)
 
 
-def metrics_table(candidate: dict[str, float], champion: dict[str, float]) -> pd.DataFrame:
+def metrics_table(candidate: dict[str, float], champion: dict[str, float],
+                  base: dict[str, float] | None = None) -> pd.DataFrame:
     rows = []
+    nan = float("nan")
     for metric in candidate:
-        c, p = float(candidate[metric]), float(champion.get(metric, float("nan")))
+        c, p = float(candidate[metric]), float(champion.get(metric, nan))
+        b = float((base or {}).get(metric, nan))
         rows.append({"metric": metric, "candidate": c, "champion": p, "delta": c - p,
-                     "relative": (c - p) / p if p else float("nan")})
+                     "relative": (c - p) / p if p else nan, "base": b, "vs_base": (c - b) / b if b else nan})
     return pd.DataFrame(rows)
 
 
@@ -110,6 +120,11 @@ class Gate:
            -self.t.specificity_drop_max, min_value=-self.t.specificity_drop_max)
         on("fid", "relative", f"FID rose by more than {self.t.fid_increase_max:.0%} of the champion's",
            self.t.fid_increase_max, max_value=self.t.fid_increase_max)
+        keep = 1 - self.t.base_specificity_min
+        on("specificity_base", "vs_base", f"specificity fell below {self.t.base_specificity_min:.0%} of the "
+           "unedited base's", -keep, min_value=-keep)
+        on("fid", "vs_base", f"FID rose by more than {self.t.base_fid_increase_max:.0%} of the unedited base's",
+           self.t.base_fid_increase_max, max_value=self.t.base_fid_increase_max)
         self.checkpoint = dataframe_checkpoint(gx, self.ctx, SUITE, batch, suite, {"result_format": "COMPLETE"})
 
     @property

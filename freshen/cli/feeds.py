@@ -44,7 +44,10 @@ def facts_list(args: argparse.Namespace) -> int:
 
 def facts_decide(args: argparse.Namespace) -> int:
     decision = "approved" if args.action == "approve" else "rejected"
-    done = settings(args).open_ledger().decide(args.ids, decision, by=args.by, comment=args.comment)
+    import getpass
+
+    done = settings(args).open_ledger().decide(args.ids, decision, by=args.by, comment=args.comment,
+                                               via=f"freshen CLI, OS user {getpass.getuser()}")
     for key in done:
         print(f"{key}: {decision} by {args.by}")
     return 0
