@@ -2,13 +2,14 @@
 
 At run time the task lists the changes waiting for a steward (status ``pending``) with
 their source, target, NER entities and provenance. The steward picks the changes to approve
-(any subset; ``Reject all`` rejects every one). Changes not picked are rejected in the
-ledger under the steward's name. No answer before ``response_timeout``: the default option
-``Reject all`` is taken, so silence never approves anything. Changes approved by a policy
-(trusted feeds) are already ``approved`` and are not asked about. Nothing waiting: the
-task returns at once without asking. Headless runs (``make demo`` with ``dag.test``, where no
-one can answer) set ``FRESHEN_STEWARD=skip``: pending changes then stay pending for a later
-run, and only policy approvals go ahead.
+(any subset; ``Reject all`` alone rejects every one; ``Reject all`` with changes is refused,
+see ``record_answer``). Changes not picked are rejected in the ledger under the steward's
+name. No answer before ``response_timeout``: the default option ``Reject all`` is taken, so
+silence never approves anything. Changes approved by a policy (trusted feeds) are already
+``approved`` and are not asked about. Nothing waiting: the task returns at once without
+asking. Headless runs (``make demo`` with ``dag.test``, where no one can answer) set
+``FRESHEN_STEWARD=skip``: pending changes then stay pending for a later run, and only
+policy approvals go ahead.
 """
 
 from __future__ import annotations
@@ -40,7 +41,19 @@ def record_answer(ledger, asked: list[str], chosen: set[str], by: str, timed_out
     """A steward's answer to one approval task, into the ledger: the changes ``asked``
     about and ``chosen`` are approved by ``by``, the others rejected (all of them when
     ``REJECT_ALL`` is chosen); on a timeout the rejections are recorded as the timeout's,
-    with that reason. Returns what was asked, approved and rejected, and by whom."""
+    with that reason. Returns what was asked, approved and rejected, and by whom.
+
+    An answer that picks ``REJECT_ALL`` together with changes can mean either (the form opens
+    with ``REJECT_ALL`` selected, since it is also the timeout's default, and a steward may add
+    changes without clearing it): it is refused, nothing is decided, and the changes stay
+    pending for the next run."""
+    if REJECT_ALL in chosen and chosen & set(asked) and not timed_out:
+        from freshen.errors import FreshenError
+
+        raise FreshenError(f"the answer of {by} picks {REJECT_ALL!r} and changes "
+                           f"({', '.join(sorted(chosen & set(asked)))}); it can mean either, so nothing was "
+                           f"decided and the changes stay pending: answer again in the next run, with "
+                           f"{REJECT_ALL!r} cleared to approve the changes picked, or alone to reject all")
     approve = [] if REJECT_ALL in chosen else [k for k in asked if k in chosen]
     reject = [k for k in asked if k not in approve]
     if approve:
@@ -67,8 +80,10 @@ class StewardApproval(HITLOperator):
         self.options = [r.key for r in rows] + [REJECT_ALL]
         # the task resumes in a new process, from the DAG file: keep what was asked
         context["ti"].xcom_push(key="asked", value=self.options)
-        self.body = ("Pick the changes to approve; the others are rejected. No answer before the "
-                     f"timeout rejects all.\n\n{describe(rows)}")
+        self.body = (f"Pick the changes to approve and clear {REJECT_ALL!r} (it starts selected: it is what "
+                     "no answer before the timeout means); the changes not picked are rejected. "
+                     f"{REJECT_ALL!r} alone rejects every change; picked together with changes, the answer "
+                     f"is refused and nothing is decided.\n\n{describe(rows)}")
         return super().execute(context)
 
     def execute_complete(self, context, event):

@@ -162,6 +162,30 @@ def test_steward_approves_two_of_three_through_the_rest_api(airflow, world):
     assert {listing[k]["status"] for k in keys[:2]} == {"applied"}
 
 
+def test_an_answer_keeping_reject_all_beside_a_change_is_refused(airflow, world):
+    """The form opens with "Reject all" selected (the timeout's default); a steward who adds a
+    change and leaves it there has said both: the answer is refused, nothing is decided."""
+    from freshen.approval import REJECT_ALL
+
+    api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
+    f = [f for f in world.facts if f.relation == "mascot"][31]
+    drop = Path(env["FRESHEN_HOME"]) / "drop"
+    (drop / "mixed.jsonl").write_text(json.dumps({"id": "m0", "source": f.prompt, "target": "a red cross"}) + "\n")
+    before = json.loads(freshen(env, "registry", "list", "--json"))
+    runs = trigger(s, api)
+    ti = f"{runs}/taskInstances/steward_approval"
+    wait("the task to await input", lambda: s.get(ti, timeout=10).json().get("state") == "awaiting_input", 240, log)
+    time.sleep(10)  # see test_steward_approves_two_of_three_through_the_rest_api
+    r = s.patch(f"{ti}/-1/hitlDetails", json={"chosen_options": ["mixed:m0", REJECT_ALL], "params_input": {}},
+                timeout=10)
+    assert r.ok, r.text
+    assert wait("the run to finish", lambda: finished(s, runs), 600, log) == "failed"
+    assert s.get(ti, timeout=10).json()["state"] == "failed"
+    row = {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}["mixed:m0"]
+    assert row["status"] == "pending" and row["decided_by"] is None
+    assert json.loads(freshen(env, "registry", "list", "--json")) == before
+
+
 def test_no_answer_before_the_timeout_rejects(airflow, world):
     api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
     f = [f for f in world.facts if f.relation == "mascot"][30]

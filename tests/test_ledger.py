@@ -92,6 +92,7 @@ def test_decisions_need_a_name_and_rejections_a_reason(ledger, tmp_path, ingest)
 
 def test_a_steward_answer_approves_the_chosen_and_rejects_the_rest(ledger, tmp_path, ingest):
     from freshen.approval import REJECT_ALL, record_answer
+    from freshen.errors import FreshenError
 
     f = write(tmp_path / "desk.jsonl", [
         {"id": "a", "source": "the logo of Velmora Systems", "target": "a blue triangle"},
@@ -104,6 +105,10 @@ def test_a_steward_answer_approves_the_chosen_and_rejects_the_rest(ledger, tmp_p
     assert [ledger.change(k).status for k in ("desk:a", "desk:b", "desk:c")] == ["rejected", "approved", "pending"]
     assert ledger.change("desk:a").decided_by == "dana"
     assert "not approved by dana in Airflow run run-1" in ledger.history("desk:a")[-1].detail
+    # "Reject all" left selected beside a change: refused, nothing decided
+    with pytest.raises(FreshenError, match="can mean either"):
+        record_answer(ledger, ["desk:c"], {REJECT_ALL, "desk:c"}, "erin", False, "run-2")
+    assert ledger.change("desk:c").status == "pending"
     # silence: the default option rejects everything asked, in the timeout's name
     r = record_answer(ledger, ["desk:c"], {REJECT_ALL}, "steward", True, "run-2")
     assert r["approved"] == [] and ledger.change("desk:c").decided_by == "timeout"
