@@ -6,8 +6,9 @@ unless ``-v`` / ``--verbose`` asks for everything at INFO.
 Warnings that pointed at something real are fixed where they arise, not hidden here: model
 loading passes ``dtype`` and silences only the loaders' own progress bars
 (``editing.model.quiet_loading``), the pyfunc flavour's ``predict`` carries a type hint
-(``registry.pyfunc``), and GX's metric progress bars are switched off in its context
-(``validation.gx.file_context``).
+(``registry.pyfunc``; the one MLflow warning about a missing input example is filtered at
+the ``log_model`` call, where ``registry.pyfunc.signature`` says why there is none), and
+GX's metric progress bars are switched off in its context (``validation.gx.file_context``).
 """
 
 from __future__ import annotations

@@ -107,7 +107,9 @@ def account(s: dict) -> str:
         lines.append(f"  version   none made: no approved change was waiting (newest v{a['version']}, "
                      f"gate {g['status'] or '-'})")
     else:
-        lines += [f"  approved  {len(a['facts'])} changes, by {', '.join(approvers)} (policy {Path(s['policy']).name})",
+        by_policy = f" (policy file {Path(s['policy']).name})" if any(str(b).startswith("policy:")
+                                                                      for b in approvers) else ""
+        lines += [f"  approved  {len(a['facts'])} changes, by {', '.join(map(str, approvers))}{by_policy}",
                   f"  version   v{a['version']} on top of v{a['parent']}: {len(a['facts'])} facts written, "
                   f"{a.get('live_facts') or len(a['facts'])} live along the lineage"]
         if g["table"]:
