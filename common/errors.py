@@ -38,3 +38,17 @@ def read_user_file(path, what: str) -> str:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{what} {p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def read_user_json(path, what: str) -> dict:
+    """The JSON object in a file a user named (a policy, a gate config, hyperparameters), with
+    ``read_user_file``'s errors, and ``InvalidInput`` when it is not JSON or not an object."""
+    import json
+
+    try:
+        d = json.loads(read_user_file(path, what))
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{what} {path}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(d, dict):
+        raise InvalidInput(f"{what} {path}: expected a JSON object, got {type(d).__name__}")
+    return d

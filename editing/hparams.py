@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from common.errors import InvalidInput, read_user_file
+from common.errors import InvalidInput, read_user_json
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
@@ -134,13 +134,7 @@ class EditHParams:
     @classmethod
     def load(cls, path: Path) -> EditHParams:
         """Hyperparameters from a JSON file a user wrote (a preset's fields, any subset)."""
-        try:
-            d = json.loads(read_user_file(path, "hparams file"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"hparams file {path}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(d, dict):
-            raise InvalidInput(f"hparams file {path}: expected a JSON object of hyperparameters")
-        return cls.from_json(d)
+        return cls.from_json(read_user_json(path, "hparams file"))
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

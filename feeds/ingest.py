@@ -6,12 +6,11 @@ for one chunk only. Idempotent: a file already ingested adds nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import InvalidInput, NotFound, read_user_file
+from common.errors import InvalidInput, NotFound, read_user_json
 from feeds.contract import FactChange, Record, Rejection, read_records, to_change
 from feeds.ledger import IngestSummary, Ledger
 from validation.feed_rules import FeedRules
@@ -30,10 +29,7 @@ class Policy:
     def load(cls, path: Path | None) -> Policy:
         if path is None:
             return cls()
-        try:
-            d = json.loads(read_user_file(path, "policy"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"policy {path}: not valid JSON ({exc.msg})") from exc
+        d = read_user_json(path, "policy")
         unknown = set(d) - {"name", "auto_approve"}
         if unknown:
             raise InvalidInput(f"policy {path}: unknown keys {sorted(unknown)} (known: name, auto_approve)")

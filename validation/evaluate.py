@@ -181,6 +181,12 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
     def answers(lab: Sequence) -> list:  # each probe's most common label
         return [_mode(lab[i * probe_seeds:(i + 1) * probe_seeds]) for i in range(len(probe_prompts))]
 
+    def agree(lab: Sequence, reference: list) -> list[bool]:  # each probe image against a probe's answer
+        return [x == reference[j // probe_seeds] for j, x in enumerate(lab)]
+
+    def share(hits: list[bool]) -> float:
+        return float(np.mean(hits)) if hits else 1.0
+
     def fid_of(model: DiffusionModel) -> float:
         per_fid = max(1, len(probes.fid_reference) // max(1, len(probes.fid_prompts)))
         fid_img, _ = draw(model, probes.fid_prompts, per_fid, 5)
@@ -191,8 +197,7 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
     if base is not None:  # the unedited model's own answers: what cumulative specificity keeps
         _, base_lab = draw(base, probe_prompts, probe_seeds, 4)
         base_expected = answers(base_lab)
-        base_m["specificity_base"] = float(np.mean([lab == base_expected[j // probe_seeds]
-                                                    for j, lab in enumerate(base_lab)])) if base_lab else 1.0
+        base_m["specificity_base"] = share(agree(base_lab, base_expected))
         if probes.fid_reference is not None:
             base_m["fid"] = fid_of(base)
     probe_expected = None
@@ -204,20 +209,20 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         _, probe_lab = draw(model, probe_prompts, probe_seeds, 4)
         if probe_expected is None:  # the champion's own answer is what specificity keeps
             probe_expected = answers(probe_lab)
-            base_expected = base_expected or probe_expected
+            if base_expected is None:  # the champion is the base
+                base_expected = probe_expected
         eff = [np.mean([lab == expected[i] for lab in src_lab[i * fact_seeds:(i + 1) * fact_seeds]])
                for i in range(n)]
         per_g = probe_seeds * len(GENERALITY_TEMPLATES)
         gen_hits = [np.mean([lab == expected[i] for lab in gen_lab[i * per_g:(i + 1) * per_g]])
                     for i in range(n)]
-        same = [lab == probe_expected[j // probe_seeds] for j, lab in enumerate(probe_lab)]
+        same = agree(probe_lab, probe_expected)
         by_kind = {k: [s for s, kk in zip(same, np.repeat(kinds, probe_seeds), strict=True) if kk == k]
                    for k in ("entity", "unrelated")}
         m = {"efficacy": float(np.mean(eff)), "generality": float(np.mean(gen_hits)),
-             "specificity": float(np.mean(same)) if same else 1.0}
+             "specificity": share(same)}
         m |= {f"specificity_{k}": float(np.mean(v)) for k, v in by_kind.items() if v}
-        m["specificity_base"] = float(np.mean([lab == base_expected[j // probe_seeds]
-                                               for j, lab in enumerate(probe_lab)])) if probe_lab else 1.0
+        m["specificity_base"] = share(agree(probe_lab, base_expected))
         if probes.fid_reference is not None:
             m["fid"] = fid_of(model)
         out[name] = m

@@ -16,13 +16,12 @@ GX is called directly (the Airflow provider conflicts with Airflow 3.3).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
-from common.errors import InvalidInput, read_user_file
+from common.errors import InvalidInput, read_user_json
 
 SUITE = "promotion_gate"
 
@@ -45,10 +44,7 @@ class GateConfig:
     def load(cls, path: str | Path | None) -> GateConfig:
         if not path:
             return cls()
-        try:
-            raw = json.loads(read_user_file(path, "gate config"))
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"gate config {path}: not valid JSON ({exc.msg})") from exc
+        raw = read_user_json(path, "gate config")
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
         if unknown:
