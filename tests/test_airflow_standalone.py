@@ -106,6 +106,17 @@ def freshen(env, *args) -> str:
     return p.stdout
 
 
+def drop_one(env, feed: str, change_id: str, source: str, target: str) -> None:
+    """A feed file of one change in the drop directory the DAG ingests."""
+    drop = Path(env["FRESHEN_HOME"]) / "drop"
+    drop.mkdir(parents=True, exist_ok=True)
+    (drop / f"{feed}.jsonl").write_text(json.dumps({"id": change_id, "source": source, "target": target}) + "\n")
+
+
+def ledger_row(env, key: str) -> dict:
+    return {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}[key]
+
+
 def trigger(s, api: str) -> str:
     r = s.post(f"{api}/dags/knowledge_refresh/dagRuns", json={"logical_date": None}, timeout=10)
     assert r.ok, r.text
@@ -168,9 +179,7 @@ def test_an_answer_keeping_reject_all_beside_a_change_is_refused(airflow, world)
     from freshen.approval import REJECT_ALL
 
     api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
-    f = [f for f in world.facts if f.relation == "mascot"][31]
-    drop = Path(env["FRESHEN_HOME"]) / "drop"
-    (drop / "mixed.jsonl").write_text(json.dumps({"id": "m0", "source": f.prompt, "target": "a red cross"}) + "\n")
+    drop_one(env, "mixed", "m0", [f for f in world.facts if f.relation == "mascot"][31].prompt, "a red cross")
     before = json.loads(freshen(env, "registry", "list", "--json"))
     runs = trigger(s, api)
     ti = f"{runs}/taskInstances/steward_approval"
@@ -181,20 +190,18 @@ def test_an_answer_keeping_reject_all_beside_a_change_is_refused(airflow, world)
     assert r.ok, r.text
     assert wait("the run to finish", lambda: finished(s, runs), 600, log) == "failed"
     assert s.get(ti, timeout=10).json()["state"] == "failed"
-    row = {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}["mixed:m0"]
+    row = ledger_row(env, "mixed:m0")
     assert row["status"] == "pending" and row["decided_by"] is None
     assert json.loads(freshen(env, "registry", "list", "--json")) == before
 
 
 def test_no_answer_before_the_timeout_rejects(airflow, world):
     api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
-    f = [f for f in world.facts if f.relation == "mascot"][30]
-    drop = Path(env["FRESHEN_HOME"]) / "drop"
-    (drop / "late.jsonl").write_text(json.dumps({"id": "t0", "source": f.prompt, "target": "a red cross"}) + "\n")
+    drop_one(env, "late", "t0", [f for f in world.facts if f.relation == "mascot"][30].prompt, "a red cross")
     before = json.loads(freshen(env, "registry", "list", "--json"))
     runs = trigger(s, api)
     assert wait("the run to finish", lambda: finished(s, runs), 600, log) == "success"
-    row = {r["key"]: r for r in json.loads(freshen(env, "facts", "list", "--json"))}["late:t0"]
+    row = ledger_row(env, "late:t0")
     assert row["status"] == "rejected" and row["decided_by"] == "timeout"
     assert "timeout" in row["comment"]
     assert json.loads(freshen(env, "registry", "list", "--json")) == before  # nothing landed
