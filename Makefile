@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint check clean bench-edit bench-speed bench-feeds bench-registry bench-demo
+.PHONY: venv browser demo test lint check clean bench-edit bench-speed bench-feeds bench-registry bench-demo
 
 venv: $(STAMP)
 
@@ -22,8 +22,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/freshen demo
 
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium and its driver, for the tests that open pages in a real headless browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@test -x /usr/bin/chromedriver -a -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium and chromium-driver (browser tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lint: venv
 	$(BIN)/ruff check .

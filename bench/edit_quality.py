@@ -256,7 +256,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
                                     live=live, moments=moments[r.hp.c0_skip_bos])
                 # Stage I is anchored to the base: the same batch with the same Stage I settings
                 # gives the same targets for every method, so it runs once
-                key = json.dumps([batch_key(batch), stage1_settings(r.hp)])
+                key = json.dumps([batch_key(batch), r.hp.stage1_settings()])
                 t0 = time.perf_counter()
                 if key not in stage1_cache:
                     stage1_cache[key] = _stage1(base, reqs, r.hp, layers[-1], key, stage1_dir)
@@ -329,13 +329,6 @@ def _stage1(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, laye
 
 def batch_key(batch: list[tuple[str, Visual]]) -> list:
     return [(i, v.label) for i, v in batch]
-
-
-def stage1_settings(hp: EditHParams) -> dict:
-    """The hyperparameters Stage I's targets depend on."""
-    keys = ("layers", "context_templates", "steps", "lr", "lambda_txt", "alpha_e", "weight_decay",
-            "clamp_norm_factor", "noise_images", "dest_steps", "guidance_scale", "seed")
-    return {k: getattr(hp, k) for k in keys}
 
 
 def chart(results: dict, path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""knowledge_refresh: feed -> validation + NER -> steward approval -> Stage I per fact ->
+"""knowledge_refresh: feed -> validation + NER -> preview -> steward approval -> Stage I per fact ->
 Stage II + candidate -> gate -> promote or hold -> audit.
 
 Scheduled (cron, FRESHEN_REFRESH_CRON, default daily at 03:00 UTC; "none": no timed runs)
@@ -54,6 +54,14 @@ with DAG(
         from freshen.refresh import tag_new_entities
 
         return tag_new_entities(_settings())
+
+    @task
+    def preview() -> list[str]:
+        """A trial edit of each waiting change alone on the champion, with its key overlaps,
+        for the steward (its Stage I is reused by the refresh)."""
+        from freshen.preview import preview_waiting
+
+        return preview_waiting(_settings())
 
     approval = StewardApproval(task_id="steward_approval", response_timeout=APPROVAL_TIMEOUT, retries=0)
 
@@ -113,7 +121,7 @@ with DAG(
         return audit_summary(_settings(), GateResult.from_json(verdict))
 
     batch = plan()
-    approval_done = ingest() >> ner() >> approval
+    approval_done = ingest() >> ner() >> preview() >> approval
     approval_done >> batch
     done = stage1.expand(item=fan_out(batch))
     audit(gate(stage2(batch, done)))

@@ -63,6 +63,8 @@ def apply_targets(model: DiffusionModel, facts: Sequence[EditRequest | LiveFact]
         zs = torch.cat([torch.stack([f.z for f in kept]).to(zs), zs]) if kept else zs
         preserved.restore(model)
         state = EditState()
+        if not facts:  # nothing live: the version is the base
+            return Edit({}, [], from_base=True, meta={"update_norm": {str(l): 0.0 for l in layers}})
     batch = execute_stage2(model, facts, zs, hp, layers, state, preserved)
     batch.targets = zs.detach().float()
     batch.from_base = hp.mode == "consolidate"
@@ -83,11 +85,8 @@ def revert(model: DiffusionModel, sources: Sequence[str], hp: EditHParams, state
     missing = [s for s in sources if normalise(s) not in state.live]
     if missing:
         raise InvalidInput(f"revert: {missing} are not live facts of this version")
-    kept = state.live_facts(replacing=sources)
-    if not kept:
-        preserved.restore(model)
-        return Edit({}, [], from_base=True, meta={"reverted": list(sources)})
-    batch = apply_targets(model, kept, torch.stack([f.z for f in kept]), hp, EditState(), preserved)
+    d = next(iter(state.live.values())).z.shape[-1]
+    batch = apply_targets(model, [], torch.zeros(0, d), hp, state.dropping(sources), preserved)
     batch.meta["reverted"] = list(sources)
     return batch
 

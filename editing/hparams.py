@@ -103,6 +103,13 @@ class EditHParams:
         if "{}" not in self.context_templates[0]:
             raise InvalidInput("hparams.context_templates: every template needs a '{}' slot")
 
+    def stage1_settings(self) -> dict:
+        """The hyperparameters Stage I's targets depend on (the same settings, base and fact
+        give the same target: caches key on them)."""
+        keys = ("layers", "context_templates", "steps", "lr", "lambda_txt", "alpha_e", "weight_decay",
+                "clamp_norm_factor", "noise_images", "dest_steps", "guidance_scale", "seed")
+        return {k: getattr(self, k) for k in keys}
+
     def edit_layers(self, n_layers: int) -> list[int]:
         """The edit layers, ascending (docs/method.md Stage II: the last is where Stage I's
         targets live); every layer but the last when ``layers`` is None."""

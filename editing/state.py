@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -148,6 +148,12 @@ class EditState:
         """The live facts, less those whose source is in ``replacing``."""
         gone = {normalise(s) for s in replacing}
         return [f for k, f in self.live.items() if k not in gone]
+
+    def dropping(self, sources: Sequence[str]) -> EditState:
+        """The same state with ``sources`` out of the live set (a consolidated solve from it
+        is a version that never had them)."""
+        gone = {normalise(s) for s in sources}
+        return replace(self, live={k: f for k, f in self.live.items() if k not in gone})
 
     def kp(self, layer: int, d_k: int, replacing: Sequence[str] = ()) -> torch.Tensor:
         """Kp Kp^T at ``layer``, less the earlier keys of the sources in ``replacing``."""

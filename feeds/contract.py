@@ -6,11 +6,16 @@ A feed is a JSON Lines file (one object per line) or a CSV file with the same co
 | --- | --- | --- | --- |
 | id | string | yes | the change's id, unique within its feed |
 | source | string | yes | the prompt whose meaning changes |
-| target | string | unless target_images | the destination prompt |
+| target | string | unless target_images, or kind revert | the destination prompt |
 | target_images | list of paths (CSV: separated by ``;``) | no | destination images, relative to the feed file |
 | observed_at | ISO-8601 timestamp | no | when the change was observed |
 | ref | string | no | where the change comes from |
-| kind | ``update`` (default) or ``rectify`` (a wrong depiction corrected: the same edit) | no | |
+| kind | ``update`` (default), ``rectify`` (a wrong depiction corrected: the same edit) or ``revert`` | no | |
+
+A ``revert`` row takes the edit of its source back out of the model: the source returns to what
+the unedited base model draws for it (no ``target``, no ``target_images``). It is a change like
+any other: approved, applied by the next refresh, gated, audited; ``freshen facts revert
+FEED:ID`` writes one for a change live in the champion.
 
 ``erase`` (EMCID's erasure: the source should stop depicting its concept) is not supported
 yet: a row with it is rejected with that reason, so nothing is edited it did not ask for.
@@ -36,8 +41,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-KINDS = ("update", "rectify")
-KINDS_TEXT = "update or rectify (erase is not supported yet)"  # what a rejection of `kind` says
+KINDS = ("update", "rectify", "revert")
+KINDS_TEXT = "update, rectify or revert (erase is not supported yet)"  # what a rejection of `kind` says
 STRING_FIELDS = ("id", "source", "target", "ref", "kind", "observed_at")
 KNOWN_FIELDS = (*STRING_FIELDS, "target_images")
 MAX_LINE_BYTES = 64 * 1024  # a longer line is rejected without being parsed
@@ -98,6 +103,13 @@ class Fact:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     @property
+    def destination(self) -> str:
+        """What the change aims at, in words (tables, grids, approval forms)."""
+        if self.kind == "revert":
+            return "(revert: what the unedited base draws)"
+        return self.target or "; ".join(Path(p).name for p in self.target_images)
+
+    @property
     def entity_texts(self) -> list[str]:
         return [e["text"] for e in self.entities]
 
@@ -109,7 +121,10 @@ class Fact:
         from editing.requests import EditRequest, Entity
 
         images = [np.asarray(Image.open(p).convert("RGB")) for p in self.target_images] or None
-        return EditRequest(self.key, self.source, self.target, target_images=images,
+        # a revert aims at what the base draws for the source itself (Stage I takes the base's
+        # own state there: refresh.stage1)
+        target = self.source if self.kind == "revert" else self.target
+        return EditRequest(self.key, self.source, target, target_images=images,
                            entities=[Entity(e["text"], e["label"], e["start"], e["end"], e.get("score", 1.0))
                                      for e in self.entities])
 

@@ -34,7 +34,7 @@ from common.hashing import file_sha256
 from editing.requests import normalise
 from feeds.contract import Fact, FactChange, Rejection
 
-STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded")
+STATUSES = ("pending", "approved", "rejected", "quarantined", "conflict", "applied", "superseded", "reverted")
 LIVE = ("pending", "approved", "conflict")
 
 
@@ -312,17 +312,19 @@ class Ledger:
                       actor: str, why: str) -> None:
         """Make statuses follow the champion: ``chain`` is (version, change keys) from the base
         up to the champion. In it, the last change of each source is ``applied``, earlier ones
-        ``superseded``. Changes of ``dropped`` versions (gate-rejected, or rolled back) go back
-        to ``pending``: a steward looks at them again before any new attempt."""
+        ``superseded`` (``reverted`` when what came after them is a revert). Changes of
+        ``dropped`` versions (gate-rejected, or rolled back) go back to ``pending``: a steward
+        looks at them again before any new attempt."""
         with self.session.begin() as s:
             latest: dict[str, tuple[int, ChangeRow]] = {}
             for version, keys in chain:
                 for key in keys:
                     row = self.find(s, key)
                     prev = latest.get(row.source_norm)
-                    if prev is not None and prev[1].status != "superseded":
-                        prev[1].status = "superseded"
-                        self._event(s, prev[1], "superseded", actor, f"by {row.key} in {model} v{version}")
+                    gone = "reverted" if row.kind == "revert" else "superseded"
+                    if prev is not None and prev[1].status != gone:
+                        prev[1].status = gone
+                        self._event(s, prev[1], gone, actor, f"by {row.key} in {model} v{version}")
                     latest[row.source_norm] = (version, row)
             for version, row in latest.values():
                 if row.status != "applied" or row.version != str(version):
@@ -335,9 +337,14 @@ class Ledger:
             for version, keys in dropped:
                 for key in keys:
                     row = self.find(s, key)
-                    if row.status in ("applied", "superseded"):
+                    if row.status in ("applied", "superseded", "reverted"):
                         row.status, row.version = "pending", None
                         self._event(s, row, "returned", actor, f"{model} v{version}: {why}")
+
+    def note(self, key: str, event: str, by: str, detail: str | None = None) -> None:
+        """An event in a change's history that does not move its status (a revert's request)."""
+        with self.session.begin() as s:
+            self._event(s, self.find(s, key), event, by, detail)
 
     def version_event(self, model: str, version: int, event: str, actor: str | None, detail: dict) -> None:
         with self.session.begin() as s:

@@ -28,12 +28,24 @@ def _ledger():
     return Settings.from_env().open_ledger()
 
 
-def describe(rows) -> str:
+def describe(rows, previews: dict[str, dict] | None = None, link=None) -> str:
+    """The changes as Markdown tables: what each says, then (where a preview was made,
+    ``freshen.preview``) what it does alone on the champion, with its grid as an image where
+    ``link`` makes a URL of a preview file."""
+    from freshen.preview import THRESHOLD, summary_line
+
     lines = ["| change | source | target | entities | provenance |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         ents = ", ".join(f"{e['text']} ({e['label']})" for e in r.entities) or "-"
         prov = f"{r.ref or '-'}; observed {r.observed_at or '-'}; {r.file}:{r.line}"
-        lines.append(f"| {r.key} | {r.source} | {r.target or r.target_images} | {ents} | {prov} |")
+        lines.append(f"| {r.key} | {r.source} | {r.fact().destination} | {ents} | {prov} |")
+    shown = [(r.key, previews[r.key]) for r in rows if previews and previews.get(r.key)]
+    if shown:
+        lines += ["", f"Each change tried alone on champion v{shown[0][1]['champion']} (the source's images, "
+                  f"judged; key overlaps with live facts and probes at cosine >= {THRESHOLD} through P; "
+                  "the images before and after):", "",
+                  "| change | source drawn before -> after | overlaps flagged | images |", "| --- | --- | --- | --- |"]
+        lines += [f"| {key} | {summary_line(p, link)} |" for key, p in shown]
     return "\n".join(lines)
 
 
@@ -71,7 +83,12 @@ class StewardApproval(HITLOperator):
                          defaults=[REJECT_ALL], multiple=True, response_timeout=response_timeout, **kwargs)
 
     def execute(self, context):
-        rows = _ledger().changes("pending")
+        from freshen.airflow_plugin import preview_url
+        from freshen.config import Settings
+        from freshen.preview import read_preview
+
+        settings = Settings.from_env()
+        rows = settings.open_ledger().changes("pending")
         if not rows:
             return {"asked": [], "approved": [], "rejected": [], "by": None}
         if os.environ.get("FRESHEN_STEWARD", "ask") == "skip":
@@ -83,7 +100,8 @@ class StewardApproval(HITLOperator):
         self.body = (f"Pick the changes to approve and clear {REJECT_ALL!r} (it starts selected: it is what "
                      "no answer before the timeout means); the changes not picked are rejected. "
                      f"{REJECT_ALL!r} alone rejects every change; picked together with changes, the answer "
-                     f"is refused and nothing is decided.\n\n{describe(rows)}")
+                     f"is refused and nothing is decided.\n\n"
+                     + describe(rows, {r.key: read_preview(settings, r.key) for r in rows}, preview_url))
         return super().execute(context)
 
     def execute_complete(self, context, event):

@@ -127,7 +127,10 @@ def account(s: dict) -> str:
         lines.append(f"  grid      {grid if grid.is_file() else a['grid']}  (before | after | target, per fact)")
     if g.get("docs_page"):
         lines.append(f"  GX report {g['docs_page']}")
-    lines += [f"  audit     freshen audit version {a['version']} --home {s['home']}",
+    lines += [f"  audit     freshen audit report --out report --home {s['home']}  (HTML; or audit version "
+              f"{a['version']})",
+              f"  a change  freshen facts show {a['facts'][0]['key'] if a['facts'] else 'FEED:ID'} --home {s['home']}"
+              "  (history, and the preview the steward saw)",
               f"  summary   {s['summary_file']}"]
     return "\n".join(lines)
 

@@ -73,6 +73,35 @@ def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True,
     return [s.to_json() | {"report": str(rules.docs_index)} for s in summaries]
 
 
+def request_revert(settings: Settings, key: str, by: str, reason: str) -> dict:
+    """Ask for change ``key`` (live in the champion) to be taken back out: a ``revert`` row
+    written to a one-line feed file (``home/reverts``) and ingested like any feed, so it is
+    approved, applied, gated and audited as any change is. Returns the ingest summary with
+    the revert's key."""
+    from datetime import UTC, datetime
+
+    if not by or not by.strip() or not reason or not reason.strip():
+        raise InvalidInput("revert: --by and --reason are required")
+    ledger = settings.open_ledger()
+    row = ledger.change(key)
+    if row.status != "applied":
+        raise InvalidInput(f"revert: {row.key} is {row.status}; only a change live in the champion (applied) can "
+                           "be reverted")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    path = settings.home / "reverts" / f"revert-{stamp}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    change_id = f"{row.key}/{stamp}"
+    path.write_text(json.dumps({"id": change_id, "kind": "revert", "source": row.source, "ref": f"revert of {row.key}",
+                                "observed_at": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
+    [summary] = ingest_feeds(settings, path, feed="revert")
+    revert_key = f"revert:{change_id}"
+    if summary["rejections"]:  # the row is written here: a rejection is a bug of freshen's, not the user's
+        raise FreshenError(f"revert of {row.key}: the revert row was rejected: {summary['rejections']}")
+    ledger.note(revert_key, "requested", by, f"revert of {row.key}: {reason}")
+    ledger.note(row.key, "revert_requested", by, f"{revert_key}: {reason}")
+    return summary | {"key": revert_key, "reverts": row.key, "status": ledger.change(revert_key).status}
+
+
 def tag_new_entities(settings: Settings) -> int:
     from feeds.ingest import tag_entities
     from feeds.ner import NerTagger
@@ -101,7 +130,6 @@ def init_registry(settings: Settings, by: str = "freshen"):
 
 def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | None = None) -> Batch | None:
     """The approved changes (or those of ``keys``) on top of the champion; None if none."""
-    from editing.hparams import EditHParams
     from registry.versions import batch_key
 
     reg = settings.open_registry()
@@ -114,8 +142,7 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
         return None
     parent = reg.champion()
     base = reg.version(parent).manifest["base"]
-    hp = (EditHParams.load(Path(settings.hparams)) if settings.hparams
-          else EditHParams.preset(base["family"], seed=settings.seed))
+    hp = hparams_for(settings, base["family"])
     facts = [r.fact() for r in rows]
     key = batch_key(parent, base["hash"], facts, hp.to_json())
     done = reg.find_batch(key)
@@ -128,6 +155,15 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     batch.write()
     log.info("batch %s: %d facts on top of v%d", key, len(facts), parent)
     return batch
+
+
+def hparams_for(settings: Settings, family: str):
+    """The editing hyperparameters of a refresh: the file ``FRESHEN_HPARAMS``, else the
+    preset of the base's family."""
+    from editing.hparams import EditHParams
+
+    return (EditHParams.load(Path(settings.hparams)) if settings.hparams
+            else EditHParams.preset(family, seed=settings.seed))
 
 
 def _captions(settings: Settings, family: str) -> list[str]:
@@ -157,28 +193,74 @@ def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None
     """Stage I for the facts at ``indices`` (all by default) in one batched optimisation;
     one result file per fact. Files already written are kept (a retried task redoes only
     what is missing)."""
-    from safetensors.torch import save_file
 
     from editing.hparams import EditHParams
-    from editing.stage1 import compute_zs
 
     batch = Batch.read(batch_dir)
     indices = list(range(len(batch.facts))) if indices is None else list(indices)
     todo = [i for i in indices if not batch.z_path(i).is_file()]
     if todo:
-        # anchored to the base: destinations and targets from the unedited model, whatever
-        # version the batch builds on (docs/method.md "Stage I anchored to the base")
-        model = settings.open_registry().base_model(batch.parent)
-        hp = EditHParams.from_json(batch.hparams)
-        s1 = compute_zs(model, [batch.facts[i].request() for i in todo], hp, hp.edit_layers(model.n_layers)[-1])
-        batch.z_path(0).parent.mkdir(parents=True, exist_ok=True)
-        for j, i in enumerate(todo):
-            tmp = batch.z_path(i).with_suffix(".tmp")
-            save_file({"z": s1.z[j].contiguous(), "h": s1.h[j].contiguous(), "delta": s1.delta[j].contiguous()},
-                      tmp, metadata={"key": batch.facts[i].key,
-                                     "losses": json.dumps({k: float(v[j]) for k, v in s1.losses.items()})})
-            tmp.rename(batch.z_path(i))  # a result file is whole or absent
+        reg = settings.open_registry()
+        targets(settings, [batch.facts[i] for i in todo], EditHParams.from_json(batch.hparams),
+                reg.version(batch.parent).manifest["base"], lambda: reg.base_model(batch.parent),
+                [batch.z_path(i) for i in todo])
     return [batch.facts[i].key for i in indices]
+
+
+def targets(settings: Settings, facts: list[Fact], hp, base: dict, load_base, paths: list[Path]) -> None:
+    """Stage I's result for each fact, written to its path in ``paths``: from the cache
+    (``home/cache/stage1``, keyed by the base's hash, Stage I's settings and what the fact
+    says: a preview's Stage I serves the refresh), else computed for all missing facts in
+    one batched optimisation on the base (``load_base()``, loaded only then). Anchored to the
+    base: destinations and targets from the unedited model, whatever version the batch
+    builds on (docs/method.md "Stage I anchored to the base"); a revert's target is the
+    base's own state for its source, nothing to optimise."""
+    import hashlib
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from editing.keys import compute_hs
+    from editing.stage1 import compute_zs
+
+    cache = settings.home / "cache" / "stage1"
+
+    def cached(f: Fact) -> Path:
+        what = [base["hash"], hp.stage1_settings(), f.source, f.target, f.kind, f.content_hash, f.entities]
+        return cache / f"{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]}.safetensors"
+
+    todo = []
+    for f, path in zip(facts, paths, strict=True):
+        if cached(f).is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cached(f), path)
+        else:
+            todo.append((f, path))
+    if not todo:
+        return
+    model = load_base()
+    layer = hp.edit_layers(model.n_layers)[-1]
+    results = []
+    edits = [(f, p) for f, p in todo if f.kind != "revert"]
+    reverts = [(f, p) for f, p in todo if f.kind == "revert"]
+    if edits:
+        s1 = compute_zs(model, [f.request() for f, _ in edits], hp, layer)
+        results += [(f, p, {"z": s1.z[j], "h": s1.h[j], "delta": s1.delta[j]},
+                     {k: float(v[j]) for k, v in s1.losses.items()}) for j, (f, p) in enumerate(edits)]
+    if reverts:
+        hs = compute_hs(model, [f.request() for f, _ in reverts], layer, hp.context_templates)
+        results += [(f, p, {"z": hs[j], "h": hs[j].clone(), "delta": torch.zeros_like(hs[j])}, {})
+                    for j, (f, p) in enumerate(reverts)]
+    cache.mkdir(parents=True, exist_ok=True)
+    for f, path, tensors, losses in results:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                  metadata={"key": f.key, "losses": json.dumps(losses)})
+        shutil.copyfile(tmp, cached(f).with_suffix(".tmp"))
+        cached(f).with_suffix(".tmp").rename(cached(f))
+        tmp.rename(path)  # a result file is whole or absent
 
 
 def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
@@ -187,9 +269,7 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     import torch
     from safetensors import safe_open
 
-    from editing.api import apply_targets, preservation
     from editing.hparams import EditHParams
-    from editing.state import EditState
 
     batch = Batch.read(batch_dir)
     reg, ledger = settings.open_registry(), settings.open_ledger()
@@ -214,20 +294,10 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
                 zs.append(fh.get_tensor("z"))
                 diag.append({"key": f.key, **json.loads(fh.metadata()["losses"])})
         t0 = time.time()
-        model = reg.base_model(batch.parent)
         hp = EditHParams.from_json(batch.hparams)
-        layers = hp.edit_layers(model.n_layers)
-        base = reg.version(batch.parent).manifest["base"]
-        captions = _captions(settings, base["family"])
-        requests = [f.request() for f in batch.facts]
-        # C0 and P belong to the base model (docs/method.md: computed once per base, cached);
-        # then the parent's chain is replayed on the same copy, which becomes the parent
-        chain = reg.chain(batch.parent)
-        kept = preservation(model, layers, captions, hp, settings.home / "cache", base["hash"],
-                            requests=requests, live=[s for e in chain for s in e.sources])
-        state = EditState.from_chain(chain, base=model)
-        edit = apply_targets(model, requests, torch.stack(zs), hp, state, kept)
-        edit.meta |= {"hparams": batch.hparams, "base_hash": base["hash"]}
+        model, state, kept = on_version(settings, reg, batch.parent, hp, batch.facts)
+        edit = write_facts(model, batch.facts, torch.stack(zs), hp, state, kept)
+        edit.meta |= {"hparams": batch.hparams, "base_hash": reg.version(batch.parent).manifest["base"]["hash"]}
         version = reg.register_batch(batch.parent, edit, batch.facts, batch.hparams, batch.key, by=by,
                                      extra={"stage1": diag, "stage2_seconds": round(time.time() - t0, 2),
                                             "update_norm": edit.meta.get("update_norm")})
@@ -238,6 +308,40 @@ def stage2(settings: Settings, batch_dir: Path, by: str = "freshen") -> int:
     ledger.version_event(reg.name, version, "registered", by,
                          {"parent": batch.parent, "facts": [f.key for f in batch.facts], "run_id": v.run_id})
     return version
+
+
+def on_version(settings: Settings, reg, number: int, hp, facts: list[Fact]):
+    """Version ``number``'s model ready for a Stage II of ``facts`` on top of it: (model,
+    state, preservation). One load of the base serves C0 and P (they belong to the base:
+    computed once per base, cached under home/cache), then the version's chain is replayed on
+    the same copy, which becomes the version's model."""
+    from editing.api import preservation
+    from editing.state import EditState
+
+    model = reg.base_model(number)
+    base = reg.version(number).manifest["base"]
+    chain = reg.chain(number)
+    kept = preservation(model, hp.edit_layers(model.n_layers), _captions(settings, base["family"]), hp,
+                        settings.home / "cache", base["hash"], requests=[f.request() for f in facts],
+                        live=[s for e in chain for s in e.sources])
+    return model, EditState.from_chain(chain, base=model), kept
+
+
+def write_facts(model, facts: list[Fact], zs, hp, state, kept):
+    """Stage II of ``facts`` with their Stage I targets ``zs`` into ``model`` (``on_version``'s
+    triple). Reverts: with ``mode`` "consolidate" their sources leave the live set (exact: the
+    version never had them); "sequential" writes them like any fact, aiming at the base's own
+    state."""
+
+    from editing.api import apply_targets
+
+    requests = [f.request() for f in facts]
+    reverting = [f.source for f in facts if f.kind == "revert"]
+    if hp.mode == "consolidate" and reverting:
+        keep = [i for i, f in enumerate(facts) if f.kind != "revert"]
+        return apply_targets(model, [requests[i] for i in keep], zs[keep] if keep else zs[:0], hp,
+                             state.dropping(reverting), kept)
+    return apply_targets(model, requests, zs, hp, state, kept)
 
 
 def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
@@ -329,7 +433,7 @@ def before_after_grid(path: Path, ev, facts: list[Fact], parent: int, version: i
     rows = []
     for i, f in enumerate(facts):
         sl = slice(i * fs, i * fs + per)
-        rows.append((f"{f.key}: {f.source} -> {f.target}",
+        rows.append((f"{f.key}: {f.source} -> {f.destination}",
                      [(ev.images[k][sl], ev.labels[k][sl]) for k in ("champion:source", "candidate:source",
                                                                       "champion:target")]))
     path.parent.mkdir(parents=True, exist_ok=True)

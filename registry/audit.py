@@ -99,6 +99,17 @@ def audit_export(reg: Registry, ledger: Ledger, fmt: str = "json") -> str:
     return buf.getvalue()
 
 
+def format_fact(a: dict) -> str:
+    lines = [f"{a['key']}: {a['source']!r} -> {a['target']!r}  now {a['status']}"
+             + (f" (v{a['version']})" if a["version"] else "")]
+    for e in a["history"]:
+        who = f" by {e['actor']}" if e["actor"] else ""
+        lines.append(f"  {e['at']}  {e['event']:11}{who}  {e['detail'] or ''}")
+    for v in a["in_versions"]:
+        lines.append(f"  in v{v['version']} (gate {v['gate']}{', ' + ', '.join(v['aliases']) if v['aliases'] else ''})")
+    return "\n".join(lines)
+
+
 def format_version(a: dict) -> str:
     lines = [f"{a['model']} v{a['version']}  aliases: {', '.join(a['aliases']) or '-'}  parent: v{a['parent']}"
              if a["parent"] else f"{a['model']} v{a['version']} (base {a['base']['ref']})  "

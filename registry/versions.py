@@ -247,14 +247,15 @@ class Registry:
     def live_facts(self, number: int) -> list[tuple[int, Fact]]:
         """The live fact set of version ``number``: along its lineage, the latest fact of
         each source (case and spacing ignored) with the version that brought it, in the order
-        they became live."""
+        they became live; a revert takes its source out."""
         from editing.requests import normalise
 
         live: dict[str, tuple[int, Fact]] = {}
         for n in self.lineage(number):
             for f in self.version(n).facts:
                 live.pop(normalise(f.source), None)
-                live[normalise(f.source)] = (n, f)
+                if f.kind != "revert":
+                    live[normalise(f.source)] = (n, f)
         return list(live.values())
 
     def chain(self, number: int) -> list[Edit]:

@@ -85,3 +85,61 @@ def tiny_sd(tmp_path_factory):
     from editing.model import DiffusionModel
 
     return DiffusionModel(pipe, "in-memory", "stable-diffusion"), path
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's; `make test` installs them
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A real headless Chromium driven through selenium, with the driver on disk (nothing is
+    downloaded at run time)."""
+    from pathlib import Path
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    assert not missing, f"{', '.join(missing)} missing: `make test` installs Debian's chromium and chromium-driver"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def crawl(driver, start, inside):
+    """Every page reachable from ``start`` (a file) through links to HTML files under ``inside``,
+    opened in ``driver``; returns {page: (broken links, broken images)} and fails on nothing
+    itself. A link is broken when its file does not exist, an image when the browser could not
+    decode it."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    from selenium.webdriver.common.by import By
+
+    inside = Path(inside).resolve()
+    todo, seen, found = [Path(start).resolve()], set(), {}
+    while todo:
+        page = todo.pop()
+        if page in seen:
+            continue
+        seen.add(page)
+        driver.get(page.as_uri())
+        bad_links, bad_images = [], []
+        for a in driver.find_elements(By.TAG_NAME, "a"):
+            url = urlparse(a.get_attribute("href") or "")
+            if url.scheme != "file":
+                continue
+            target = Path(unquote(url.path))
+            if not target.is_file():
+                bad_links.append(str(target))
+            elif target.suffix == ".html" and target.is_relative_to(inside) and "datadocs" not in target.parts:
+                todo.append(target)
+        for img in driver.find_elements(By.TAG_NAME, "img"):
+            if not driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img):
+                bad_images.append(img.get_attribute("src"))
+        found[page] = (bad_links, bad_images)
+    return found

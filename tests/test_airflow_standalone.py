@@ -1,13 +1,18 @@
 """A real Airflow: ``airflow standalone`` on loopback with its own AIRFLOW_HOME and SQLite.
 
-Trigger the refresh DAG through the REST API v2, wait for the steward task, approve two
-changes and leave the third out through the HITL REST endpoint, wait for the run; then a
-new champion holds exactly the two approved facts, and the third is rejected in the
-ledger under the responding user's name.
+Airflow's simple auth manager with one steward, dana, and her password. Trigger the refresh
+DAG through the REST API v2, wait for the steward task; in a real headless Chromium logged in
+as dana, the approval form shows the changes and their previews' images (served by freshen's
+Airflow plugin); she clears 'Reject all', picks two changes and responds; then a new
+champion holds exactly the two approved facts, and the third is rejected in the ledger under
+her name. Through the HITL REST endpoint: an answer mixing 'Reject all' and a change is
+refused; no answer before the timeout rejects everything.
 """
 
 import json
 import os
+import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from editing.hparams import EditHParams
 
@@ -43,7 +50,9 @@ def airflow(tmp_path_factory):
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        # one steward with a password: Airflow's login stands in front of the API and the UI
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "dana:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp / "passwords.json"),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -58,6 +67,8 @@ def airflow(tmp_path_factory):
         "FRESHEN_FEED_ASSET": (tmp / "home" / "drop").as_uri(),
         "PATH": f"{BIN}:{os.environ['PATH']}",
     }
+    password = secrets.token_urlsafe(12)
+    (tmp / "passwords.json").write_text(json.dumps({"dana": password}))
     subprocess.run([BIN / "airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     subprocess.run([BIN / "airflow", "pools", "set", "gpu", "2", "Stage I"], env=env, check=True,
                    capture_output=True, timeout=120)
@@ -76,10 +87,13 @@ def airflow(tmp_path_factory):
             assert proc.poll() is None, (tmp / "standalone.log").read_text()[-3000:]
             assert time.time() < deadline, "airflow standalone did not come up in 4 minutes"
             time.sleep(3)
-        token = requests.get(f"{base}/auth/token", timeout=10).json()["access_token"]
+        got = requests.post(f"{base}/auth/token", json={"username": "dana", "password": password}, timeout=10)
+        assert got.ok, got.text
+        token = got.json()["access_token"]
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {token}"
-        yield {"base": base, "session": session, "env": env, "tmp": tmp, "log": tmp / "standalone.log"}
+        yield {"base": base, "session": session, "env": env, "tmp": tmp, "log": tmp / "standalone.log",
+               "token": token}
     finally:
         os.killpg(proc.pid, 15)
         try:
@@ -128,7 +142,9 @@ def finished(s, runs: str):
     return state if state in ("success", "failed") else None
 
 
-def test_steward_approves_two_of_three_through_the_rest_api(airflow, world):
+def test_steward_approves_two_of_three_on_the_form(airflow, world, browser):
+    from freshen.approval import REJECT_ALL
+
     api, s, env, log = airflow["base"] + "/api/v2", airflow["session"], airflow["env"], airflow["log"]
     facts = [f for f in world.facts if f.relation == "flag"][20:23]
     drop = Path(env["FRESHEN_HOME"]) / "drop"
@@ -154,9 +170,38 @@ def test_steward_approves_two_of_three_through_the_rest_api(airflow, world):
     time.sleep(10)
     keys = [f"desk:s{i}" for i in range(3)]
     assert set(keys) <= set(detail["options"]) and "desk.example" in detail["body"]
-    r = s.patch(f"{runs}/taskInstances/steward_approval/-1/hitlDetails",
-                json={"chosen_options": keys[:2], "params_input": {}}, timeout=10)
-    assert r.ok, r.text
+    # each change's preview is in the form, its images served by the Airflow API server to
+    # its logged-in users only
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", detail["body"])
+    assert len(images) == 3 and all(u.startswith(f"{airflow['base']}/freshen/previews/") for u in images)
+    assert s.get(images[0], timeout=10).headers["content-type"] == "image/png"
+    assert requests.get(images[0], timeout=10).status_code in (401, 403)
+    # the form itself, in a real browser logged in as dana (the session cookie Airflow's login
+    # sets): the changes' table and their preview images load
+    run_id = runs.rsplit("/", 1)[1]
+    browser.get(f"{airflow['base']}/api/v2/monitor/health")
+    browser.add_cookie({"name": "_token", "value": airflow["token"], "path": "/"})
+    browser.get(f"{airflow['base']}/dags/knowledge_refresh/runs/{run_id}/tasks/steward_approval/required_actions")
+    wait("the approval form in the browser", lambda: "desk:s2" in browser.find_element(By.TAG_NAME, "body").text,
+         60, log)
+    shown = wait("the preview images in the form", lambda: [
+        i for i in browser.find_elements(By.TAG_NAME, "img") if "/freshen/previews/" in (i.get_attribute("src") or "")
+        and browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)], 60, log)
+    assert len(shown) == 3
+    # the steward answers on the form: it opens with 'Reject all' (the timeout's default)
+    # selected; she clears it, picks two changes and responds
+    chosen = browser.find_element(By.CSS_SELECTOR, "input[name=element_chosen_options]")
+    assert chosen.get_attribute("value") == REJECT_ALL
+    # the Options field: the nearest element holding the hidden value, its text box and its clear button
+    field = chosen.find_element(By.XPATH, "./ancestor::*[.//input[@type='text'] and "
+                                          ".//*[@aria-label='Clear selected options']][1]")
+    field.find_element(By.CSS_SELECTOR, "[aria-label='Clear selected options']").click()
+    for key in keys[:2]:
+        field.find_element(By.CSS_SELECTOR, "input[type=text]").send_keys(key, Keys.ENTER)
+    picked = [i.get_attribute("value") for i in browser.find_elements(By.NAME, "element_chosen_options")]
+    assert picked in (keys[:2], [",".join(keys[:2])]), picked
+    browser.save_screenshot(str(airflow["tmp"] / "approval_form.png"))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == "Respond").click()
 
     assert wait("the run to finish", lambda: finished(s, runs), 900, log) == "success"
     answered = s.get(f"{runs}/taskInstances/steward_approval/-1/hitlDetails", timeout=10).json()
@@ -184,7 +229,7 @@ def test_an_answer_keeping_reject_all_beside_a_change_is_refused(airflow, world)
     runs = trigger(s, api)
     ti = f"{runs}/taskInstances/steward_approval"
     wait("the task to await input", lambda: s.get(ti, timeout=10).json().get("state") == "awaiting_input", 240, log)
-    time.sleep(10)  # see test_steward_approves_two_of_three_through_the_rest_api
+    time.sleep(10)  # see test_steward_approves_two_of_three_on_the_form
     r = s.patch(f"{ti}/-1/hitlDetails", json={"chosen_options": ["mixed:m0", REJECT_ALL], "params_input": {}},
                 timeout=10)
     assert r.ok, r.text

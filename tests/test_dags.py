@@ -43,7 +43,7 @@ def test_dagbag_imports_in_a_clean_environment(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["errors"] == []
-    assert r["tasks"] == ["audit", "fan_out", "gate", "ingest", "ner", "plan", "stage1", "stage2",
+    assert r["tasks"] == ["audit", "fan_out", "gate", "ingest", "ner", "plan", "preview", "stage1", "stage2",
                           "steward_approval"]
     assert r["max_active_runs"] == 1 and r["pool"] == "gpu" and r["mapped"].endswith("MappedOperator")
     assert r["torch"] is False, "the DAG file must not import heavy libraries at top level"

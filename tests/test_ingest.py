@@ -35,6 +35,9 @@ GOOD = [{"id": "g1", "source": "the logo of Nordavcal Labs", "target": "a blue t
     ({"id": "g1", "source": "the mascot of Y", "target": "a red ring"}, "id", "repeats an id"),
     ({"id": "b", "source": "the logo of X", "target_images": ["missing.png"]}, "target_images", "does not exist"),
     ({"id": "b", "source": "the logo of X", "target_images": ["notes.png"]}, "target_images", "is not an image"),
+    ({"id": "b", "source": "the logo of X", "target": "a red ring", "kind": "revert"}, "target",
+     "must be absent in a revert"),
+    ({"id": "b", "source": "the logo of X"}, "target", "is empty and no target_images"),
 ])
 def test_rules_quarantine_the_row_and_keep_the_rest(tmp_path, feed_rules, toy_tokenizer, bad, field, reason):
     (tmp_path / "notes.png").write_text("this is text, not a picture")
@@ -96,6 +99,17 @@ def test_contract_matrix_through_the_ledger_loses_nothing(tmp_path, feed_rules, 
     assert sorted(q.line for q in ledger.quarantined()) == list(range(2, len(BAD) + 2))
 
 
+def test_a_revert_row_needs_no_destination(tmp_path, feed_rules, toy_tokenizer):
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    (s,) = ingest_path(ledger, feed(tmp_path, [{"id": "r", "source": "the logo of X", "kind": "revert"}]),
+                       feed_rules, toy_tokenizer)
+    assert s.accepted == 1
+    (row,) = ledger.changes()
+    assert (row.kind, row.target) == ("revert", None)
+    fact = row.fact()
+    assert fact.request().target == "the logo of X" and "revert" in fact.destination
+
+
 def test_data_docs_show_every_rule(tmp_path, toy_tokenizer):
     """The whole contract is in the GX suite, so a steward reads every rule, and what
     failed, in the Data Docs page of the run."""
@@ -111,7 +125,8 @@ def test_data_docs_show_every_rule(tmp_path, toy_tokenizer):
     text = html.unescape(re.sub(r"<[^>]+>", " ", page.read_text()))
     for rule in ("`source` is required", "`id`, when given, is a string", "`target` has no control characters",
                  "`source` is not empty or only spaces",
-                 "`kind`, when given, is update or rectify (erase is not supported yet)",
+                 "`kind`, when given, is update, rectify or revert (erase is not supported yet)",
+                 "a `revert` row has no `target` and no `target_images`",
                  "`observed_at`, when given, is an ISO-8601 timestamp", "every field is one of the contract's",
                  "`target` is not empty, or `target_images` are given",
                  f"`source` fits the text encoder's {toy_tokenizer.model_max_length} tokens",

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from selenium.webdriver.common.by import By
 
+from common.errors import InvalidInput
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.model import load_model
@@ -24,15 +26,19 @@ from feeds.ingest import ingest_path
 from feeds.ledger import Ledger
 from feeds.ner import NerTagger
 from freshen import refresh
+from freshen.cli import main
 from freshen.config import Settings
 from freshen.errors import FreshenError
+from freshen.preview import make_previews, preview_dir
 from registry.audit import audit_export, audit_fact, audit_version
 from registry.versions import BaseMismatch, Registry, RegistryError
+from tests.conftest import crawl
 from toyworld.paths import DIFFUSION_DIR
 from validation.feed_rules import FeedRules
 from validation.gate import Gate, GateConfig, metrics_table
 
 FAST = dict(steps=12, noise_images=1, dest_steps=8)
+PRESET = EditHParams.preset("toyworld")
 SMALL_EVAL = dict(fact_seeds=2, probe_seeds=1, unrelated_probes=6, fid_seeds=2)
 
 
@@ -53,7 +59,8 @@ def settings(home: Path, gate: str = "lenient", **hp) -> Settings:
     hp_name = "hp_" + "_".join(f"{k}-{v}" for k, v in sorted(hp.items())) + ".json"
     return Settings.from_env(home=home, num_inference_steps=10,
                              gate=str(write(home / f"gate_{gate}.json", cfg | SMALL_EVAL)),
-                             hparams=str(write(home / hp_name, EditHParams.preset("toyworld", **FAST, **hp).to_json())))
+                             hparams=str(write(home / hp_name,
+                                               EditHParams.preset("toyworld", **(FAST | hp)).to_json())))
 
 
 HARMFUL = dict(nullspace_mode="none", clamp_norm_factor=50.0, lr=2.0)  # an edit the default gate must stop
@@ -87,7 +94,7 @@ class Story:
     records what its test checks at the moment it happened (aliases, statuses), since the
     later steps move them."""
 
-    ORDER = ("base", "batch_a", "gate_a", "batch_b", "harmful", "rejected_again", "rollback", "crash")
+    ORDER = ("base", "batch_a", "gate_a", "batch_b", "harmful", "rejected_again", "rollback", "crash", "revert")
 
     def __init__(self, home: Path, world):
         self.home, self.world, self.done = home, world, {}
@@ -179,6 +186,31 @@ class Story:
         return dict(batch=batch, before=before, run_id=run_id,
                     after_upload=dict(versions=reg.versions(), candidate=reg.alias("candidate"),
                                       status=Ledger(s.ledger).change("crash:c1").status))
+
+
+    def revert(self) -> dict:
+        """An edit that lands (the preset's Stage I, not FAST), promoted; then its revert."""
+        fact = self.facts("logo")[7]
+        (key,) = feed(self.home, "rv", [{"id": "r1", "source": fact.prompt, "target": "a green square"}])
+        steps = []
+        for s, keys in ((settings(self.home, **{k: getattr(PRESET, k) for k in FAST}), [key]),
+                        (settings(self.home), None)):
+            if keys is None:  # the revert, asked for once the edit is live
+                asked = refresh.request_revert(s, key, by="dave", reason="the old logo is back")
+                Ledger(s.ledger).decide([asked["key"]], "approved", by="erin")
+                keys = [asked["key"]]
+            batch = refresh.plan_batch(s, keys=keys)
+            refresh.stage1(s, batch.dir)
+            v = refresh.stage2(s, batch.dir)
+            gate = refresh.gate(s, v)
+            (per_fact,) = json.loads((Path(gate.gate_dir) / "gate.json").read_text())["per_fact"]
+            steps.append(dict(version=v, parent=batch.parent, gate=gate, per_fact=per_fact))
+        reg, ledger = Registry.from_settings(s), Ledger(s.ledger)
+        return dict(fact=fact, key=key, asked=asked, edit=steps[0], revert=steps[1], champion=reg.alias("champion"),
+                    live_before={f.key for _, f in reg.live_facts(steps[0]["version"])},
+                    live_after={f.key for _, f in reg.live_facts(steps[1]["version"])},
+                    statuses={k: ledger.change(k).status for k in (key, asked["key"])},
+                    history=[(e.event, e.actor) for e in ledger.history(key)])
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +344,56 @@ def test_rollback_moves_champion_and_is_audited(home, story):
         refresh.promote(s, 3, by="", reason="x")
 
 
+def test_audit_report_reads_in_a_browser(home, story, browser):
+    story("rollback")
+    out = home / "report"
+    assert main(["audit", "report", "--home", str(home), "--out", str(out)]) == 0
+    pages = crawl(browser, out / "index.html", out)
+    assert {p.relative_to(out).as_posix() for p in pages} >= {f"versions/v{n}.html" for n in (1, 2, 3, 4)}
+    assert len([p for p in pages if p.parent.name == "facts"]) == len(Ledger(settings(home).ledger).changes())
+    assert {p: bad for p, bad in pages.items() if bad != ([], [])} == {}  # no broken link or image
+    # v2's page lists each of its facts with its approver, and shows its grid and gate table
+    browser.get((out / "versions" / "v2.html").as_uri())
+    rows = {r.find_element(By.TAG_NAME, "a").text: r.find_element(By.CLASS_NAME, "approver").text
+            for r in browser.find_elements(By.CSS_SELECTOR, "tr") if r.find_elements(By.CLASS_NAME, "approver")}
+    assert rows == {"wire:a1": "alice", "wire:a2": "alice"}
+    assert browser.find_element(By.CSS_SELECTOR, "img.grid").get_attribute("naturalWidth") not in ("0", None)
+    assert "specificity" in browser.find_element(By.TAG_NAME, "body").text
+    shot = out / "v2.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the champion's history names carol's rollback
+    browser.get((out / "index.html").as_uri())
+    assert "v3 draws the wrong flag" in browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_a_steward_previews_a_pending_change(home, story, capsys):
+    story("rollback")  # champion v2 holds wire:a1 (the logo of an entity) and wire:a2; wire2:b1 is pending
+    s = settings(home)
+    (p,) = make_previews(s, ["wire2:b1"])
+    assert p["champion"] == 2 and [e["prompt"] for e in p["images"]][0] == "the flag of Nordavcal Labs"
+    assert len(p["images"]) == 2 and "Nordavcal Labs" in p["images"][1]["prompt"]  # another prompt of the entity
+    for e in p["images"]:
+        assert all(Path(x).is_file() for x in e["before"] + e["after"]) and len(e["labels_after"]) == 2
+    assert Path(p["grid"]).is_file()
+    # the live fact of the same entity overlaps, flagged; the other entity's does not come near
+    live = {x["key"]: x for x in p["interference"] if x["kind"] == "live fact"}
+    assert live["wire:a1"]["flagged"] and ("wire:a2" not in live or not live["wire:a2"]["flagged"])
+    assert [x["cosine"] for x in p["interference"]] == sorted((x["cosine"] for x in p["interference"]), reverse=True)
+    assert all(x["flagged"] == (x["cosine"] >= p["threshold"]) for x in p["interference"])
+    # the steward's view of the change holds it
+    capsys.readouterr()
+    assert main(["facts", "show", "wire2:b1", "--home", str(home), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "pending" and shown["preview"] == p and shown["interference"] == p["interference"]
+    # approved, the refresh reuses the preview's Stage I: the batch's result is the same file
+    Ledger(s.ledger).decide(["wire2:b1"], "approved", by="alice")
+    batch = refresh.plan_batch(s, keys=["wire2:b1"])
+    refresh.stage1(s, batch.dir)
+    assert batch.z_path(0).read_bytes() == (preview_dir(s, "wire2:b1") / "stage1.safetensors").read_bytes()
+    with pytest.raises(InvalidInput, match="wire:a1 is applied"):
+        make_previews(s, ["wire2:b2", "wire:a1"])
+
+
 def test_crash_between_upload_and_registration_leaves_no_version(home, story):
     c = story("crash")
     batch, before = c["batch"], c["before"]
@@ -322,6 +404,24 @@ def test_crash_between_upload_and_registration_leaves_no_version(home, story):
     v = refresh.stage2(s, batch.dir)
     assert reg.versions() == before + [v] and reg.version(v).run_id == c["run_id"]
     assert refresh.stage2(s, batch.dir) == v
+
+
+def test_one_fact_is_reverted_as_a_change_like_any_other(story):
+    r = story("revert")
+    edit, rev = r["edit"], r["revert"]
+    assert edit["gate"].status == "passed" and edit["per_fact"]["efficacy_candidate"] == 1.0  # the edit landed
+    assert r["asked"]["status"] == "pending" and r["asked"]["reverts"] == r["key"]
+    assert rev["parent"] == edit["version"] and rev["gate"].status == "passed" and r["champion"] == rev["version"]
+    assert r["statuses"] == {r["key"]: "reverted", r["asked"]["key"]: "applied"}
+    assert ("revert_requested", "dave") in r["history"] and ("reverted", "gate") in r["history"]
+    assert r["key"] in r["live_before"] and r["key"] not in r["live_after"]
+    assert r["live_before"] - r["live_after"] == {r["key"]}
+    # judged against what the world knows the source depicts: drawn that way again
+    fact = rev["per_fact"]
+    assert fact["expected_from"] == "truth" and fact["expected"] == str(r["fact"].visual)
+    assert fact["efficacy_candidate"] == 1.0 and fact["efficacy_champion"] == 0.0
+    with pytest.raises(InvalidInput, match="only a change live in the champion"):
+        refresh.request_revert(settings(story.home), r["key"], by="dave", reason="again")
 
 
 def test_tampered_base_is_refused(tmp_path):

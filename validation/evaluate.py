@@ -4,7 +4,8 @@ Both models draw the same prompts with the same seeds, and a judge labels every 
 - efficacy: the candidate's images of each edited source show the fact's target: its
   ground truth where the judge's world knows it (ToyWorld: the visual of "a red circle"),
   else what the champion draws for the target prompt (the self-distillation reference
-  Stage I used);
+  Stage I used); a revert's target is its own source as the unedited base draws it (or as
+  the world knows it);
 - generality: the same, with context templates Stage I did not use;
 - specificity: on a fixed probe set (the facts' entities alone and, where the world knows
   them, the same entities' other prompts; unrelated prompts), images that show what the
@@ -45,12 +46,14 @@ class FactCase:
 
     key: str
     source: str
-    target: str
+    target: str  # a revert's is its source: what the unedited base draws for it is the aim
     entities: list[str] = field(default_factory=list)
+    revert: bool = False
 
     @classmethod
     def of(cls, fact: Fact) -> FactCase:
-        return cls(fact.key, fact.source, fact.target, fact.entity_texts)
+        revert = fact.kind == "revert"
+        return cls(fact.key, fact.source, fact.source if revert else fact.target, fact.entity_texts, revert)
 
 
 @dataclass
@@ -168,6 +171,11 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
         return images, judge.classify(images)
 
     ref_img, ref_lab = draw(champion, [f.target for f in facts], fact_seeds, 1)
+    if any(f.revert for f in facts):  # a revert's reference is the base's own rendering of its source
+        rev_img, rev_lab = draw(base or champion, [f.target for f in facts], fact_seeds, 1)
+        mine = np.repeat([f.revert for f in facts], fact_seeds)
+        ref_img = np.where(mine[:, None, None, None], rev_img, ref_img)
+        ref_lab = [b if m else a for a, b, m in zip(ref_lab, rev_lab, mine, strict=True)]
     truth = [judge.truth(f.target) for f in facts]
     expected = [t if t is not None else _mode(ref_lab[i * fact_seeds:(i + 1) * fact_seeds])
                 for i, t in enumerate(truth)]

@@ -75,7 +75,9 @@ def row_frame(records: Sequence[Record], feed_file: Path, tokenizer) -> pd.DataF
         unknown = sorted(set(r.row) - set(KNOWN_FIELDS))
         row.update(
             target_images_is_list=images is not None,
-            has_destination=bool(row["target"] and row["target"].strip()) or bool(images),
+            has_destination=(bool(row["target"] and row["target"].strip()) or bool(images)
+                             or row["kind"] == "revert"),
+            revert_has_no_destination=row["kind"] != "revert" or not (row["target"] or images),
             observed_at_is_iso=_is_iso(row["observed_at"]),
             unknown_field=unknown[0] if unknown else "",
             source_tokens=count(row["source"]),
@@ -119,6 +121,10 @@ def rules(e, max_tokens: int) -> Iterator[Rule]:
     yield Rule(e.ExpectColumnValuesToBeInSet(
         column="has_destination", value_set=[True], description="`target` is not empty, or `target_images` are given"),
         "target", "is empty and no target_images are given")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="revert_has_no_destination", value_set=[True],
+        description="a `revert` row has no `target` and no `target_images` (it returns the source to the base)"),
+        "target", "must be absent in a revert: a revert returns the source to what the base model draws")
     yield Rule(e.ExpectColumnValuesToBeInSet(
         column="kind", value_set=list(KINDS), description=f"`kind`, when given, is {KINDS_TEXT}"),
         "kind", f"must be {KINDS_TEXT}, got {{kind!r}}")

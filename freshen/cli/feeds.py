@@ -53,6 +53,49 @@ def facts_decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def facts_revert(args: argparse.Namespace) -> int:
+    from freshen.refresh import request_revert
+
+    r = request_revert(settings(args), args.key, by=args.by, reason=args.reason)
+    if args.json:
+        print(json.dumps(r, indent=1))
+    else:
+        print(f"{r['key']}: revert of {r['reverts']} requested by {args.by}; now {r['status']}")
+        if r["status"] in ("pending", "conflict"):
+            rival = (" (another change of the same source waits too: approving one rejects the other)"
+                     if r["status"] == "conflict" else "")
+            print(f"  a steward approves it (freshen facts approve {r['key']} --by NAME){rival}; the next refresh "
+                  "applies it")
+    return 0
+
+
+def facts_preview(args: argparse.Namespace) -> int:
+    from freshen.preview import format_preview, make_previews
+
+    done = make_previews(settings(args), args.keys, seeds=args.seeds)
+    print(json.dumps(done, indent=1) if args.json else "\n".join(format_preview(p) for p in done))
+    return 0
+
+
+def facts_show(args: argparse.Namespace) -> int:
+    from freshen.preview import DECIDABLE, format_preview, read_preview
+    from registry import audit
+
+    s = settings(args)
+    a = audit.audit_fact(s.open_registry(), s.open_ledger(), args.key)
+    a["preview"] = read_preview(s, a["key"])
+    a["interference"] = (a["preview"] or {}).get("interference")
+    if args.json:
+        print(json.dumps(a, indent=1, default=str))
+        return 0
+    print(audit.format_fact(a))
+    if a["preview"]:
+        print(format_preview(a["preview"]))
+    elif a["status"] in DECIDABLE:
+        print(f"  no preview yet (freshen facts preview {a['key']})")
+    return 0
+
+
 def add_parsers(sub) -> None:
     f = sub.add_parser("feeds", help="take in feeds of fact changes")
     fs = f.add_subparsers(dest="action", required=True)
@@ -71,3 +114,16 @@ def add_parsers(sub) -> None:
         d.add_argument("ids", nargs="+", help="FEED:ID")
         d.add_argument("--comment", required=action == "reject", default=None)
         d.set_defaults(func=facts_decide)
+    pv = fas.add_parser("preview", parents=[HOME, JSON],
+                        help="a trial edit of each change alone on the champion, and its key overlaps")
+    pv.add_argument("keys", nargs="+", help="FEED:ID")
+    pv.add_argument("--seeds", type=int, default=2, help="images per prompt, before and after")
+    pv.set_defaults(func=facts_preview)
+    sh = fas.add_parser("show", parents=[HOME, JSON], help="one change: its history, versions and preview")
+    sh.add_argument("key", help="FEED:ID")
+    sh.set_defaults(func=facts_show)
+    rv = fas.add_parser("revert", parents=[HOME, BY, JSON],
+                        help="take a change live in the champion back out (a revert change, approved like any)")
+    rv.add_argument("key", help="FEED:ID of the change to revert")
+    rv.add_argument("--reason", required=True)
+    rv.set_defaults(func=facts_revert)

@@ -68,16 +68,7 @@ def audit_fact(args: argparse.Namespace) -> int:
     from registry import audit
 
     a = audit.audit_fact(*_stores(args), args.key)
-    if args.json:
-        print(json.dumps(a, indent=1, default=str))
-        return 0
-    print(f"{a['key']}: {a['source']!r} -> {a['target']!r}  now {a['status']}"
-          + (f" (v{a['version']})" if a["version"] else ""))
-    for e in a["history"]:
-        who = f" by {e['actor']}" if e["actor"] else ""
-        print(f"  {e['at']}  {e['event']:11}{who}  {e['detail'] or ''}")
-    for v in a["in_versions"]:
-        print(f"  in v{v['version']} (gate {v['gate']}{', ' + ', '.join(v['aliases']) if v['aliases'] else ''})")
+    print(json.dumps(a, indent=1, default=str) if args.json else audit.format_fact(a))
     return 0
 
 
@@ -90,6 +81,17 @@ def audit_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def audit_report(args: argparse.Namespace) -> int:
+    from registry.report import write_report
+    from validation.gx import data_docs_site, file_context
+
+    s = settings(args)
+    _, ctx = file_context(s.gx_dir)
+    index = write_report(s.open_registry(), s.open_ledger(), args.out, data_docs_site(ctx))
+    print(f"wrote {index} (open it in a browser; the directory is self-contained)")
     return 0
 
 
@@ -123,3 +125,6 @@ def add_parsers(sub) -> None:
     ex.add_argument("--format", choices=("csv", "json"), default="json")
     ex.add_argument("--out", type=Path, default=None)
     ex.set_defaults(func=audit_export)
+    rp = as_.add_parser("report", parents=[HOME], help="the audit trail as a static HTML site for auditors")
+    rp.add_argument("--out", type=Path, required=True, help="directory to write (index.html and its pages)")
+    rp.set_defaults(func=audit_report)
