@@ -1,6 +1,6 @@
 """Content hashes, the one place every layer takes them from: feed files (the ledger's
-provenance), weight files (shipped manifests, registry artifacts) and model directories (a
-base model's identity, whatever its path)."""
+provenance), weight files (shipped manifests, registry artifacts), model directories (a
+base model's identity, whatever its path) and file names made from a change's key."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ from pathlib import Path
 
 # the files that make a saved model: weights, configs, tokenizer vocabularies
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+
+
+def key_file_name(key: str) -> str:
+    """A file name for a change's key (FEED:ID may hold characters a file system or a
+    relative link would misread, ':' first of all): the key made safe, plus a short hash so
+    two keys never share a name."""
+    import re
+
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def file_sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import InvalidInput
+from common.hashing import key_file_name
 from freshen.config import Settings
 from freshen.grid import comparison_grid, label_text
 
@@ -38,9 +39,7 @@ DECIDABLE = ("pending", "approved", "conflict")  # statuses a preview is made fo
 
 
 def preview_dir(settings: Settings, key: str) -> Path:
-    from registry.report import page_name
-
-    return settings.home / "previews" / page_name(key).removesuffix(".html")
+    return settings.home / "previews" / key_file_name(key)
 
 
 def read_preview(settings: Settings, key: str) -> dict | None:

@@ -13,8 +13,6 @@ only lays it out.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from jinja2 import DictLoader, Environment, select_autoescape
 
+from common.hashing import key_file_name
 from registry.audit import audit_fact, audit_version
 
 if TYPE_CHECKING:
@@ -131,10 +130,8 @@ FACT = """{% extends "layout" %}{% block body %}
 
 
 def page_name(key: str) -> str:
-    """A file name for a fact key (FEED:ID may hold characters a relative link would misread,
-    ':' first of all): the key made safe, plus a short hash so two keys never share a page."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-    return f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:8]}.html"
+    """A fact's page (its key made a safe file name)."""
+    return f"{key_file_name(key)}.html"
 
 
 def _fmt(x, spec: str = ".4f") -> str:
