@@ -11,16 +11,14 @@ URL_PREFIX = "/freshen"
 
 
 def preview_url(path: str) -> str:
-    """The URL of a preview image (a path under ``home/previews``) as the Airflow UI reaches it."""
+    """The URL of a preview image (``home/previews/<change>/<file>.png``) as the Airflow UI
+    reaches it."""
     from pathlib import Path
 
     from airflow.configuration import conf
 
-    from freshen.config import Settings
-
-    rel = Path(path).resolve().relative_to((Settings.from_env().home / "previews").resolve())
     base = conf.get("api", "base_url", fallback="").rstrip("/")
-    return f"{base}{URL_PREFIX}/previews/{rel.as_posix()}"
+    return f"{base}{URL_PREFIX}/previews/{Path(path).parent.name}/{Path(path).name}"
 
 
 def _app():
