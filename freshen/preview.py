@@ -77,6 +77,7 @@ def make_previews(settings: Settings, keys: list[str], seeds: int = 2) -> list[d
     hp = hparams_for(settings, base["family"])
     outs = [preview_dir(settings, f.key) for f in facts]
     targets(settings, facts, hp, base, lambda: reg.base_model(champion), [o / "stage1.safetensors" for o in outs])
+    stage1_seconds = round(time.time() - t0, 1)  # shared by the batch (0 where the cache held them)
     model, state, kept = on_version(settings, reg, champion, hp, facts)
     judge = judge_for(settings, base["family"])
     n_unrelated = GateConfig.load(settings.gate).unrelated_probes
@@ -84,6 +85,7 @@ def make_previews(settings: Settings, keys: list[str], seeds: int = 2) -> list[d
     layers = hp.edit_layers(model.n_layers)
     results = []
     for fact, out in zip(facts, outs, strict=True):
+        t1 = time.time()
         case = FactCase.of(fact)
         probes = judge.probes([case], n_unrelated=n_unrelated, fid_seeds=0, seed=settings.seed)
         others = [p for p in probes.same_entity if normalise(p) != normalise(fact.source)]
@@ -143,7 +145,8 @@ def make_previews(settings: Settings, keys: list[str], seeds: int = 2) -> list[d
                   "made_at": datetime.now(UTC).isoformat(timespec="seconds"), "images": shown, "grid": str(grid),
                   "interference": interference, "threshold": THRESHOLD,
                   "flagged": sum(x["flagged"] for x in interference),
-                  "update_norm": edit.meta.get("update_norm"), "seconds": round(time.time() - t0, 1)}
+                  "update_norm": edit.meta.get("update_norm"), "stage1_batch_seconds": stage1_seconds,
+                  "seconds": round(time.time() - t1, 1)}
         (out / "preview.json").write_text(json.dumps(result, indent=1) + "\n")
         results.append(result)
     return results
