@@ -4,7 +4,8 @@ anchor that update norms are measured against and consolidated versions start fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,20 @@ class Preservation:
         for l, w0 in self.base_weights.items():
             w = model.fc2(l).weight
             w.copy_(w0.to(w.dtype))
+
+    @contextmanager
+    def at_base(self, model: DiffusionModel) -> Iterator[DiffusionModel]:
+        """``model`` with the base's weights at the edit layers for the duration, its own
+        afterwards: Stage I and C0 anchored to the base without a second copy of the model."""
+        with torch.no_grad():
+            own = {l: model.fc2(l).weight.detach().clone() for l in self.base_weights}
+        self.restore(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for l, w in own.items():
+                    model.fc2(l).weight.copy_(w)
 
 
 def relative_update(w: torch.Tensor, w0: torch.Tensor) -> float:

@@ -11,6 +11,13 @@ A feed is a JSON Lines file (one object per line) or a CSV file with the same co
 | observed_at | ISO-8601 timestamp | no | when the change was observed |
 | ref | string | no | where the change comes from |
 | kind | ``update`` (default), ``rectify`` (a wrong depiction corrected: the same edit) or ``revert`` | no | |
+| entities | list of ``{"text", "start", "end"[, "label"]}`` (CSV: as JSON) | no | the source's entities |
+
+``entities`` name what the edit must protect (the entity alone keeps its picture, Eq. 4 of
+004_...) when the feed knows them, as a benchmark does (``freshen feeds import``): each span
+must read its ``text`` in the source exactly (the source with runs of white space as one
+space, as the change carries it); ``label`` defaults to ``MISC``. A change
+with entities keeps them; the NER model tags only the changes that come without.
 
 A ``revert`` row takes the edit of its source back out of the model: the source returns to what
 the unedited base model draws for it (no ``target``, no ``target_images``). It is a change like
@@ -44,7 +51,8 @@ from pathlib import Path
 KINDS = ("update", "rectify", "revert")
 KINDS_TEXT = "update, rectify or revert (erase is not supported yet)"  # what a rejection of `kind` says
 STRING_FIELDS = ("id", "source", "target", "ref", "kind", "observed_at")
-KNOWN_FIELDS = (*STRING_FIELDS, "target_images")
+KNOWN_FIELDS = (*STRING_FIELDS, "target_images", "entities")
+ENTITY_LABEL = "MISC"  # an entity a feed gives without a label
 MAX_LINE_BYTES = 64 * 1024  # a longer line is rejected without being parsed
 
 
@@ -59,6 +67,7 @@ class FactChange:
     observed_at: str | None = None
     ref: str | None = None
     kind: str = "update"
+    entities: list[dict] = field(default_factory=list)  # given by the feed: text, label, start, end
 
     @property
     def key(self) -> str:
@@ -67,8 +76,9 @@ class FactChange:
 
     def content(self) -> dict:
         """What the change says (not where it sits): a re-send is compared on this."""
-        return {"source": self.source, "target": self.target, "target_images": self.target_images,
+        said = {"source": self.source, "target": self.target, "target_images": self.target_images,
                 "observed_at": self.observed_at, "ref": self.ref, "kind": self.kind}
+        return {**said, "entities": self.entities} if self.entities else said
 
 
 @dataclass
@@ -173,16 +183,54 @@ def target_images(value: object) -> list[str] | None:
     return None
 
 
+def normalised_source(source: str) -> str:
+    """The source as a change carries it: runs of white space as one space, none at the ends."""
+    return " ".join(source.split())
+
+
+def entities(value: object, source: object) -> tuple[list[dict], str]:
+    """The row's given entities (text, label, start, end, score 1.0) and '' when they are
+    well formed and every span reads its text in ``source`` (normalised: ``normalised_source``);
+    else what is wrong."""
+    if value is None:
+        return [], ""
+    if isinstance(value, str):  # a CSV cell holds the list as JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return [], "must be a JSON list of objects with text, start and end"
+    if not isinstance(value, list):
+        return [], f"must be a list of objects with text, start and end, got {type(value).__name__}"
+    out = []
+    for i, e in enumerate(value):
+        if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not e["text"].strip():
+            return [], f"entity {i}: needs a non-empty string 'text'"
+        start, end, label = e.get("start"), e.get("end"), e.get("label", ENTITY_LABEL)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end)):
+            return [], f"entity {i} ({e['text']!r}): 'start' and 'end' must be integers"
+        if not isinstance(label, str) or not label.strip():
+            return [], f"entity {i} ({e['text']!r}): 'label' must be a non-empty string"
+        unknown = sorted(set(e) - {"text", "start", "end", "label", "score"})
+        if unknown:
+            return [], f"entity {i} ({e['text']!r}): unknown keys {unknown} (known: text, start, end, label)"
+        if not isinstance(source, str) or source[start:end] != e["text"] or not 0 <= start < end:
+            seen = source[start:end] if isinstance(source, str) and 0 <= start < end else ""
+            return [], f"entity {i}: the span [{start}, {end}) of the source reads {seen!r}, not {e['text']!r}"
+        out.append({"text": e["text"], "label": label, "start": start, "end": end, "score": 1.0})
+    return out, ""
+
+
 def to_change(record: Record) -> FactChange:
     """The fact change a record that meets the rules of ``validation.feed_rules`` makes
     (whitespace normalised)."""
     row = record.row
     target = row.get("target")
-    return FactChange(feed=record.feed, id=row["id"].strip(), source=" ".join(row["source"].split()),
+    source = normalised_source(row["source"])
+    return FactChange(feed=record.feed, id=row["id"].strip(), source=source,
                       target=" ".join(target.split()) if target and target.strip() else None,
                       line=record.line, target_images=target_images(row.get("target_images")) or [],
                       observed_at=row.get("observed_at") or None, ref=row.get("ref") or None,
-                      kind=row.get("kind") or "update")
+                      kind=row.get("kind") or "update", entities=entities(row.get("entities"), source)[0])
 
 
 def _record(feed: str, line: int, row: object, raw: str) -> Record | Rejection:

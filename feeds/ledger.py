@@ -220,11 +220,14 @@ class Ledger:
         row = ChangeRow(feed=c.feed, change_id=c.id, revision=len(earlier) + 1, source=c.source,
                         source_norm=normalise(c.source), target=c.target,
                         target_images=c.target_images, observed_at=c.observed_at, ref=c.ref, kind=c.kind,
-                        content_hash=h, entities=[], status="pending", file=str(path), line=c.line,
+                        content_hash=h, entities=list(c.entities), status="pending", file=str(path), line=c.line,
                         received_at=now())
         s.add(row)
         s.flush()
         self._event(s, row, "received", None, f"{path}:{c.line}")
+        if c.entities:
+            self._event(s, row, "entities", None, json.dumps([(e["text"], e["label"]) for e in c.entities])
+                        + " (given by the feed)")
         rivals = [e for e in earlier if e.status in LIVE]
         if earlier:
             reason = f"{c.feed}:{c.id} re-sent with other content"

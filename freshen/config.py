@@ -24,6 +24,7 @@ class Settings:
     judge: str = str(toy.JUDGE_DIR)  # ToyWorld's judge (its classifier and features)
     clip_judge: str = "openai/clip-vit-large-patch14"  # the judge of real models (path or cached hub id)
     fid_reference: str = ""  # directory of reference images for FID of real models; none: no FID
+    gate_probes: str = ""  # FORMAT:FILE of a benchmark (cake, road, timed) whose prompts a real model's gate adds
     world: Path = toy.DATA_DIR
     ledger_url: str = ""  # SQLAlchemy URL of the fact ledger; default: SQLite file in home
     policy: str = ""  # approval policy file (JSON: name, auto_approve: [feed, ...]); none by default

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from common.errors import InvalidInput, read_user_file
-from feeds.contract import Fact
+from feeds.contract import Fact, entities, normalised_source
 from freshen.config import Settings
 
 
@@ -26,11 +26,11 @@ def read_fact_file(path: Path) -> list[dict]:
         for f in ("id", "source", "target"):
             if not isinstance(row.get(f), str) or not row[f].strip():
                 raise InvalidInput(f"{path}:{n}: field {f!r} must be a non-empty string")
-        ents = row.get("entities", [])
-        if not isinstance(ents, list) or not all(isinstance(e, dict) and {"text", "label", "start", "end"} <= set(e)
-                                                 for e in ents):
-            raise InvalidInput(f"{path}:{n}: field 'entities' must be a list of objects with text, label, "
-                               "start and end")
+        if "entities" in row:  # the feed contract's rule (feeds.contract.entities); absent: NER tags
+            row["source"] = normalised_source(row["source"])
+            row["entities"], problem = entities(row["entities"], row["source"])
+            if problem:
+                raise InvalidInput(f"{path}:{n}: field 'entities': {problem}")
         rows.append(row)
     if not rows:
         raise InvalidInput(f"{path}: no facts")

@@ -186,7 +186,16 @@ def judge_for(settings: Settings, family: str):
         return ToyWorldJudge(settings.judge, settings.world)
     from validation.clip_judge import ClipJudge
 
-    return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None)
+    suite = None
+    if settings.gate_probes:  # a benchmark's generality and specificity prompts join the probes
+        from feeds.benchmarks import FORMATS, load
+
+        fmt, _, path = settings.gate_probes.partition(":")
+        if fmt not in FORMATS or not path:
+            raise InvalidInput(f"FRESHEN_GATE_PROBES must be FORMAT:FILE with FORMAT one of {', '.join(FORMATS)}, "
+                               f"got {settings.gate_probes!r}")
+        suite = load(fmt, Path(path))
+    return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None, suite=suite)
 
 
 def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None) -> list[str]:

@@ -87,6 +87,14 @@ def tiny_sd(tmp_path_factory):
     return DiffusionModel(pipe, "in-memory", "stable-diffusion"), path
 
 
+@pytest.fixture(scope="session")
+def sd_tokenizer(tmp_path_factory):
+    """Stable Diffusion 1.x's own tokenizer, rebuilt from open_clip's BPE merges."""
+    from toyworld.tokenizers import sd_clip_tokenizer
+
+    return sd_clip_tokenizer(tmp_path_factory.mktemp("sd-tokenizer"))
+
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's; `make test` installs them
 
 

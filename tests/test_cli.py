@@ -37,6 +37,8 @@ def test_edit_one_batch_from_a_file(tmp_path, world):
     ("not json", "facts.jsonl:1: not valid JSON"),
     ("[1, 2]", "facts.jsonl:1: expected a JSON object"),
     ('{"id": "a", "source": "x"}', "facts.jsonl:1: field 'target' must be a non-empty string"),
+    ('{"id": "a", "source": "the logo of X", "target": "y", "entities": [{"text": "Y", "start": 12, "end": 13}]}',
+     "facts.jsonl:1: field 'entities': entity 0: the span [12, 13) of the source reads 'X', not 'Y'"),
 ])
 def test_edit_names_the_bad_line(tmp_path, line, message):
     facts = tmp_path / "facts.jsonl"

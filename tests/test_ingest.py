@@ -38,6 +38,13 @@ GOOD = [{"id": "g1", "source": "the logo of Nordavcal Labs", "target": "a blue t
     ({"id": "b", "source": "the logo of X", "target": "a red ring", "kind": "revert"}, "target",
      "must be absent in a revert"),
     ({"id": "b", "source": "the logo of X"}, "target", "is empty and no target_images"),
+    ({"id": "b", "source": "the logo of X", "target": "a red ring",
+      "entities": [{"text": "Y", "start": 12, "end": 13}]}, "entities",
+     "the span [12, 13) of the source reads 'X', not 'Y'"),
+    ({"id": "b", "source": "the logo of X", "target": "a red ring", "entities": [{"text": "X", "start": "12"}]},
+     "entities", "'start' and 'end' must be integers"),
+    ({"id": "b", "source": "the logo of X", "target": "a red ring", "entities": "X"}, "entities",
+     "must be a JSON list"),
 ])
 def test_rules_quarantine_the_row_and_keep_the_rest(tmp_path, feed_rules, toy_tokenizer, bad, field, reason):
     (tmp_path / "notes.png").write_text("this is text, not a picture")
@@ -68,6 +75,27 @@ def test_entities_are_stored_with_exact_spans(tmp_path, feed_rules, toy_tokenize
             assert row.source[e["start"]:e["end"]] == e["text"]
     labels = {row.change_id: {(e["text"], e["label"]) for e in row.entities} for row in ledger.changes()}
     assert ("Nordavcal Labs", "ORG") in labels["g1"] and ("Port Halquen", "LOC") in labels["g2"]
+
+
+def test_entities_a_feed_gives_are_kept_and_the_rest_tagged(tmp_path, feed_rules, toy_tokenizer, ner):
+    """A row's own entities replace NER's (spans index the source with its spaces normalised);
+    rows without are tagged; the CSV column holds the list as JSON."""
+    rows = [{"id": "e1", "source": "the  logo of   Nordavcal Labs", "target": "a blue triangle",
+             "entities": [{"text": "Nordavcal", "start": 12, "end": 21, "label": "ORG"}]}, GOOD[1]]
+    ledger = Ledger.at(tmp_path / "ledger.db")
+    (s,) = ingest_path(ledger, feed(tmp_path, rows), feed_rules, toy_tokenizer, ner=ner)
+    assert s.accepted == 2, s.rejections
+    given, tagged = ledger.changes()
+    assert given.source == "the logo of Nordavcal Labs"
+    assert given.entities == [{"text": "Nordavcal", "label": "ORG", "start": 12, "end": 21, "score": 1.0}]
+    assert ("Port Halquen", "LOC") in {(e["text"], e["label"]) for e in tagged.entities}
+    csv_feed = tmp_path / "c.csv"
+    csv_feed.write_text('id,source,target,entities\nc1,the flag of Port Halquen,a red circle,'
+                        '"[{""text"": ""Port Halquen"", ""start"": 12, ""end"": 24}]"\n')
+    (s,) = ingest_path(ledger, csv_feed, feed_rules, toy_tokenizer)
+    assert s.accepted + s.conflicts == 1 and s.rejected == 0, s.rejections
+    row = next(r for r in ledger.changes() if r.key == "c:c1")
+    assert row.entities == [{"text": "Port Halquen", "label": "MISC", "start": 12, "end": 24, "score": 1.0}]
 
 
 def test_drop_directory_policy_and_reingest(tmp_path, feed_rules, toy_tokenizer):

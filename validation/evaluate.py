@@ -6,7 +6,8 @@ Both models draw the same prompts with the same seeds, and a judge labels every 
   else what the champion draws for the target prompt (the self-distillation reference
   Stage I used); a revert's target is its own source as the unedited base draws it (or as
   the world knows it);
-- generality: the same, with context templates Stage I did not use;
+- generality: the same, with context templates Stage I did not use (or, for a real model
+  with a benchmark's prompts as its probes, that benchmark's generality prompts of the fact);
 - specificity: on a fixed probe set (the facts' entities alone and, where the world knows
   them, the same entities' other prompts; unrelated prompts), images that show what the
   champion shows for that prompt. Same seeds, so an untouched prompt scores the same for
@@ -62,6 +63,11 @@ class ProbeSet:
     unrelated: list[str]
     fid_prompts: list[str]
     fid_reference: np.ndarray | None  # uint8 (n, h, w, 3), or None: no FID
+    generality: dict[str, list[str]] = field(default_factory=dict)  # fact key -> its prompts (else templates)
+
+    def general(self, fact: FactCase) -> list[str]:
+        """The generality prompts of ``fact``: its own, or the context templates Stage I did not use."""
+        return self.generality.get(fact.key) or [t.format(fact.source) for t in GENERALITY_TEMPLATES]
 
 
 class Judge(Protocol):
@@ -160,7 +166,9 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
     n = len(facts)
     if n == 0:
         raise ValueError("evaluate: no facts")
-    general = [t.format(f.source) for f in facts for t in GENERALITY_TEMPLATES]
+    per_fact_general = [probes.general(f) for f in facts]
+    general = [p for prompts in per_fact_general for p in prompts]
+    bounds = np.cumsum([0, *(len(g) * probe_seeds for g in per_fact_general)])
     probe_prompts = probes.same_entity + probes.unrelated
     judge.prepare([f.target for f in facts] + [f.source for f in facts] + probe_prompts)
     kinds = ["entity"] * len(probes.same_entity) + ["unrelated"] * len(probes.unrelated)
@@ -221,8 +229,7 @@ def evaluate(candidate: DiffusionModel, champion: DiffusionModel, facts: Sequenc
                 base_expected = probe_expected
         eff = [np.mean([lab == expected[i] for lab in src_lab[i * fact_seeds:(i + 1) * fact_seeds]])
                for i in range(n)]
-        per_g = probe_seeds * len(GENERALITY_TEMPLATES)
-        gen_hits = [np.mean([lab == expected[i] for lab in gen_lab[i * per_g:(i + 1) * per_g]])
+        gen_hits = [np.mean([lab == expected[i] for lab in gen_lab[bounds[i]:bounds[i + 1]]])
                     for i in range(n)]
         same = agree(probe_lab, probe_expected)
         by_kind = {k: [s for s, kk in zip(same, np.repeat(kinds, probe_seeds), strict=True) if kk == k]

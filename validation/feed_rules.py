@@ -2,7 +2,8 @@
 writes show a non-programmer all of them): field types, control characters, required and
 non-empty fields, a destination, ``kind``, timestamps, no unknown fields, prompts within
 the text encoder's token limit (measured with the model's own tokenizer), ids unique within
-the feed, destination images that exist and open as images.
+the feed, destination images that exist and open as images, given entities whose spans
+read their text in the source.
 
 GX looks at a table with a row per record (``row_frame``): the string fields as given
 (``None`` when absent or not a string), each field's type, and the values a rule needs that
@@ -22,7 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.contract import KINDS, KINDS_TEXT, KNOWN_FIELDS, STRING_FIELDS, Record, Rejection, target_images
+from feeds.contract import (
+    KINDS,
+    KINDS_TEXT,
+    KNOWN_FIELDS,
+    STRING_FIELDS,
+    Record,
+    Rejection,
+    entities,
+    normalised_source,
+    target_images,
+)
 
 SUITE = "feed_rows"
 REQUIRED = ("id", "source")
@@ -73,6 +84,8 @@ def row_frame(records: Sequence[Record], feed_file: Path, tokenizer) -> pd.DataF
         images = target_images(r.row.get("target_images"))
         problems = [p for p in (image_problem(feed_file, i) for i in images or []) if p]
         unknown = sorted(set(r.row) - set(KNOWN_FIELDS))
+        source = row["source"]
+        _, entity_problem = entities(r.row.get("entities"), normalised_source(source) if source else source)
         row.update(
             target_images_is_list=images is not None,
             has_destination=(bool(row["target"] and row["target"].strip()) or bool(images)
@@ -84,6 +97,7 @@ def row_frame(records: Sequence[Record], feed_file: Path, tokenizer) -> pd.DataF
             target_tokens=count(row["target"]),
             images_open=not problems,
             image_problem="; ".join(problems),
+            entity_problem=entity_problem,
         )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -146,6 +160,11 @@ def rules(e, max_tokens: int) -> Iterator[Rule]:
     yield Rule(e.ExpectColumnValuesToBeInSet(
         column="images_open", value_set=[True], description="every `target_images` path exists and opens as an image"),
         "target_images", "{image_problem}")
+    yield Rule(e.ExpectColumnValuesToBeInSet(
+        column="entity_problem", value_set=[""],
+        description="`entities`, when given, are objects with text, start and end whose span reads the text "
+                    "in the source"),
+        "entities", "{entity_problem}")
 
 
 class FeedRules:

@@ -27,6 +27,25 @@ def feeds_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def feeds_import(args: argparse.Namespace) -> int:
+    from feeds.benchmarks import load
+
+    bench = load(args.format, args.file)
+    out = bench.write_feed(args.out)
+    summary = {**bench.summary(), "out": str(out.resolve())}
+    if args.json:
+        print(json.dumps(summary, indent=1, ensure_ascii=False))
+        return 0
+    print(f"{bench.file}: {summary['edits']} edits: {summary['written']} written to {out}, "
+          f"{len(summary['merged'])} merged into the single edits they repeat, {len(summary['skipped'])} skipped")
+    for s in summary["skipped"]:
+        print(f"  skipped {s['entry']}: {s['reason']}")
+    for source, ids in summary["repeated_sources"].items():
+        print(f"  {source!r} is edited {len(ids)} ways ({', '.join(ids)}): the ledger holds them as conflicts")
+    print("probes: " + ", ".join(f"{k} {v}" for k, v in summary["probes"].items()))
+    return 0
+
+
 def facts_list(args: argparse.Namespace) -> int:
     rows = settings(args).open_ledger().changes(args.status)
     out = [{"key": r.key, "status": r.status, "source": r.source, "target": r.target,
@@ -103,6 +122,13 @@ def add_parsers(sub) -> None:
     i.add_argument("path", type=Path)
     i.add_argument("--feed", default=None, help="feed name (default: the file name without suffix)")
     i.set_defaults(func=feeds_ingest)
+    im = fs.add_parser("import", parents=[JSON],
+                       help="a public benchmark's edits (CAKE, RoAD, TIMED) as a feed file of fact changes")
+    im.add_argument("--format", required=True, choices=("cake", "road", "timed"))
+    im.add_argument("file", type=Path, help="the benchmark's published file (CAKE.json, RoAD_test.csv, "
+                    "TIMED_test_set*.csv)")
+    im.add_argument("--out", type=Path, required=True, help="the feed to write (JSON Lines)")
+    im.set_defaults(func=feeds_import)
 
     fa = sub.add_parser("facts", help="list, approve and reject fact changes")
     fas = fa.add_subparsers(dest="action", required=True)
