@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv browser demo test lint check clean bench-edit bench-speed bench-feeds bench-registry bench-demo
+.PHONY: venv browser servers demo test lint check clean bench-edit bench-speed bench-feeds bench-registry bench-demo
 
 venv: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/freshen demo
 
-test: venv browser
+test: venv browser servers
 	$(BIN)/python -m pytest -q
 
 # Debian's Chromium and its driver, for the tests that open pages in a real headless browser
@@ -35,6 +35,14 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver (browser tests)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Debian's PostgreSQL and Redis, for the tests that run the service on real servers (the
+# tests start and stop their own instances on free ports: tests/servers.py)
+servers:
+	@test -x /usr/bin/redis-server && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  echo "installing Debian's postgresql and redis-server (stack tests)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server >/dev/null; }
 
 lint: venv
 	$(BIN)/ruff check .

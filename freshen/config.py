@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from common.errors import InvalidInput
 from toyworld import paths as toy
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ class Settings:
     seed: int = 0
     num_inference_steps: int | None = None  # None: the pipeline's own default
     guidance_scale: float | None = None
+    production: bool = False  # FRESHEN_PRODUCTION=1: no SQLite fallback for the ledger or the registry
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -52,15 +54,24 @@ class Settings:
         s.seed = int(s.seed)
         s.num_inference_steps = None if s.num_inference_steps in (None, "") else int(s.num_inference_steps)
         s.guidance_scale = None if s.guidance_scale in (None, "") else float(s.guidance_scale)
+        s.production = s.production if isinstance(s.production, bool) else \
+            str(s.production).strip().lower() in ("1", "true", "yes", "on")
         return s
 
     @property
     def out_dir(self) -> Path:
         return self.home / "out"
 
+    def _required(self, value: str, variable: str, what: str) -> str:
+        if self.production and not value:
+            raise InvalidInput(f"production mode (FRESHEN_PRODUCTION): set {variable}, the {what}; "
+                               "a private SQLite file in the home is not used")
+        return value
+
     @property
     def ledger(self) -> str:
-        return self.ledger_url or f"sqlite:///{self.home / 'ledger.db'}"
+        return self._required(self.ledger_url, "FRESHEN_LEDGER_URL", "fact ledger's SQLAlchemy URL") \
+            or f"sqlite:///{self.home / 'ledger.db'}"
 
     def open_ledger(self):
         """The fact ledger (created on first use)."""
@@ -81,7 +92,8 @@ class Settings:
 
     @property
     def tracking(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        return self._required(self.tracking_uri, "FRESHEN_TRACKING_URI", "MLflow tracking server's URI") \
+            or f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
     def gx_dir(self) -> Path:

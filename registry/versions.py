@@ -150,6 +150,7 @@ class Registry:
     def __init__(self, tracking_uri: str, artifact_root: Path | str | None = None, name: str = DEFAULT_NAME,
                  cache_dir: Path | None = None):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links on stdout
         import mlflow
         from mlflow import MlflowClient
 
@@ -173,8 +174,11 @@ class Registry:
     @classmethod
     def from_settings(cls, settings) -> Registry:
         settings.home.mkdir(parents=True, exist_ok=True)
-        return cls(settings.tracking, settings.home / "mlartifacts", settings.registry_name,
-                   settings.home / "cache")
+        tracking = settings.tracking
+        # a tracking server keeps the artifacts behind itself (mlflow-artifacts:, served by it);
+        # a local store keeps them in the home
+        local = None if tracking.startswith(("http://", "https://")) else settings.home / "mlartifacts"
+        return cls(tracking, local, settings.registry_name, settings.home / "cache")
 
     # -- reading -----------------------------------------------------------------
     def exists(self) -> bool:
@@ -373,6 +377,7 @@ class Registry:
             if edit is not None and "update_norm" in edit.meta:  # ||W_l - W0_l|| / ||W0_l|| per layer
                 self.mlflow.log_metrics({f"update_norm_layer{l}": v for l, v in edit.meta["update_norm"].items()})
             self.mlflow.set_tag(T + "model_uri", info.model_uri)
+            self.mlflow.set_tag(T + "model_id", info.model_id)
             self.mlflow.set_tag(T + "complete", "true")
         return run.info.run_id
 
@@ -383,8 +388,10 @@ class Registry:
             self.client.get_registered_model(self.name)
         except MlflowException:
             self.client.create_registered_model(self.name, description="freshen: base + sequential edits")
-        source = self.client.get_run(run_id).data.tags[T + "model_uri"]  # the LoggedModel (MLflow 3)
-        mv = self.client.create_model_version(self.name, source=source, run_id=run_id, tags=tags)
+        run_tags = self.client.get_run(run_id).data.tags
+        # the LoggedModel (MLflow 3); a tracking server wants its id beside its models:/ URI
+        mv = self.client.create_model_version(self.name, source=run_tags[T + "model_uri"], run_id=run_id, tags=tags,
+                                              model_id=run_tags.get(T + "model_id"))
         return int(mv.version)
 
     def tag(self, number: int, **tags: str) -> None:

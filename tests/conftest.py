@@ -95,6 +95,25 @@ def sd_tokenizer(tmp_path_factory):
     return sd_clip_tokenizer(tmp_path_factory.mktemp("sd-tokenizer"))
 
 
+@pytest.fixture(scope="session")
+def servers():
+    """PostgreSQL, Redis and an MLflow tracking server on this machine (tests/servers.py)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.servers import Servers
+
+    root = Path(tempfile.mkdtemp(prefix="freshen-servers-"))
+    root.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data directory
+    s = Servers(root)
+    try:
+        yield s.start()
+    finally:
+        s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's; `make test` installs them
 
 
