@@ -12,13 +12,13 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# open_clip_torch is installed only for the CLIP BPE merges it ships (SD's tokenizer, rebuilt
+# for the tests and the benchmark imports), without its dependencies, which would pull another torch
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "freshen needs Python 3.11, found " + sys.version.split()[0]'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==24.3.1
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
-	# open_clip only for the CLIP BPE merges it ships (SD's tokenizer, rebuilt for tests and the
-	# benchmark imports); without its dependencies, which would pull another torch
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
