@@ -32,11 +32,12 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.errors import InvalidInput, NotFound
-from feeds.contract import ENTITY_LABEL, normalised_source
+from editing.requests import normalise
+from feeds.contract import ENTITY_LABEL
 
 FORMATS = ("cake", "road", "timed")
 METRICS = {"cake": ("efficacy", "generality", "kgemap", "compo", "specificity"),
@@ -79,7 +80,7 @@ class Benchmark:
     def add(self, edit: BenchmarkEdit, probes: list[Probe]) -> None:
         self.entries += 1
         self.edits.append(edit)
-        self.probes.extend(Probe(**{**asdict(p), "edits": [edit.id]}) for p in probes)
+        self.probes.extend(replace(p, edits=[edit.id]) for p in probes)
 
     def skip(self, entry: str, reason: str) -> None:
         self.entries += 1
@@ -89,7 +90,7 @@ class Benchmark:
         """Sources that several edits send to different targets: {source: [edit ids]}."""
         ids: dict[str, list[str]] = {}
         for e in self.edits:
-            ids.setdefault(normalised_source(e.source).lower(), []).append(e.id)
+            ids.setdefault(normalise(e.source), []).append(e.id)
         return {self.edit(v[0]).source: v for v in ids.values() if len(v) > 1}
 
     def passes(self) -> list[list[BenchmarkEdit]]:
@@ -98,7 +99,7 @@ class Benchmark:
         out: list[list[BenchmarkEdit]] = []
         seen: Counter = Counter()
         for e in self.edits:
-            key = normalised_source(e.source).lower()
+            key = normalise(e.source)
             if seen[key] == len(out):
                 out.append([])
             out[seen[key]].append(e)
@@ -147,28 +148,27 @@ def _cake(path: Path) -> Benchmark:
                            "(and 'composite_edit')")
     bench = Benchmark("cake", path.name)
     singles: dict[tuple, str] = {}  # (source, target) -> id
-    single, parse = _cake_single, _cake_edit
 
     for i, e in enumerate(data["single_edit"]):
         try:
-            source, target, entities, probes = single(e, f"single_edit[{i}]")
+            source, target, entities, probes = _cake_single(e, f"single_edit[{i}]")
         except InvalidInput as exc:
             bench.skip(f"single_edit[{i}]", str(exc))
             continue
         edit = BenchmarkEdit(f"cake-{i + 1:03d}", source, target, f"CAKE {path.name} single_edit[{i}]", entities)
         bench.add(edit, probes)
-        singles[normalised_source(source).lower(), target] = edit.id
+        singles[normalise(source), target] = edit.id
 
     for i, c in enumerate(data.get("composite_edit") or []):
         ids = []
         for k, e in enumerate(c.get("edits") or [] if isinstance(c, dict) else []):
             where = f"composite_edit[{i}].edits[{k}]"
             try:
-                source, target, entities = parse(e, where)
+                source, target, entities = _cake_edit(e, where)
             except InvalidInput as exc:
                 bench.skip(where, str(exc))
                 continue
-            same = singles.get((normalised_source(source).lower(), target))
+            same = singles.get((normalise(source), target))
             if same is not None:
                 bench.entries += 1
                 bench.merged.append({"entry": where, "same_as": same})
@@ -177,13 +177,13 @@ def _cake(path: Path) -> Benchmark:
             edit = BenchmarkEdit(f"cake-c{i + 1:03d}-{k + 1}", source, target, f"CAKE {path.name} {where}",
                                  entities)
             bench.add(edit, [])
-            singles[normalised_source(source).lower(), target] = edit.id
+            singles[normalise(source), target] = edit.id
             ids.append(edit.id)
         for j, t in enumerate(c.get("compositionality") or [] if isinstance(c, dict) else []):
             where = f"composite_edit[{i}].compositionality[{j}]"
             try:
-                bench.probes.append(Probe("compo", _text(t.get("test"), f"{where}.test"),
-                                          _text(t.get("test_eval"), f"{where}.test_eval"), t["test"], ids))
+                test = _text(t.get("test"), f"{where}.test")
+                bench.probes.append(Probe("compo", test, _text(t.get("test_eval"), f"{where}.test_eval"), test, ids))
             except InvalidInput as exc:  # a probe, not an edit: said, not counted among the edits
                 bench.skipped.append({"entry": where, "reason": str(exc)})
     return bench

@@ -33,17 +33,15 @@ from feeds.benchmarks import METRICS, Benchmark, BenchmarkEdit, Probe, load
 
 
 def requests_of(edits: list[BenchmarkEdit], ner=None) -> list:
-    """The engine's requests; edits without entities get the NER model's, when one is given."""
-    from editing.requests import EditRequest, Entity
+    """The engine's requests (``Fact.request``, as the service makes them); edits without
+    entities get the NER model's, when one is given."""
+    from feeds.contract import Fact
 
-    found = ner([e.source for e in edits if not e.entities]) if ner is not None else []
-    tagged = iter(found)
-    out = []
-    for e in edits:
-        ents = [Entity(x["text"], x["label"], x["start"], x["end"], x.get("score", 1.0)) for x in e.entities] \
-            if e.entities else (next(tagged) if ner is not None else [])
-        out.append(EditRequest(e.id, e.source, e.target, entities=list(ents)))
-    return out
+    untagged = [e for e in edits if not e.entities]
+    found = dict(zip((e.id for e in untagged), ner([e.source for e in untagged]), strict=True)) \
+        if ner is not None and untagged else {}
+    return [Fact(e.id, "", e.id, e.source, e.target,
+                 entities=e.entities or [x.__dict__ for x in found.get(e.id, [])]).request() for e in edits]
 
 
 def judge_probes(model, judge, probes: list[Probe], seeds: int, steps: int | None,

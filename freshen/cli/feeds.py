@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from feeds.benchmarks import FORMATS as BENCHMARKS
 from freshen.cli.common import BY, HOME, JSON, settings
 
 
@@ -124,7 +125,7 @@ def add_parsers(sub) -> None:
     i.set_defaults(func=feeds_ingest)
     im = fs.add_parser("import", parents=[JSON],
                        help="a public benchmark's edits (CAKE, RoAD, TIMED) as a feed file of fact changes")
-    im.add_argument("--format", required=True, choices=("cake", "road", "timed"))
+    im.add_argument("--format", required=True, choices=BENCHMARKS)
     im.add_argument("file", type=Path, help="the benchmark's published file (CAKE.json, RoAD_test.csv, "
                     "TIMED_test_set*.csv)")
     im.add_argument("--out", type=Path, required=True, help="the feed to write (JSON Lines)")

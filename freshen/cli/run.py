@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from feeds.benchmarks import FORMATS as BENCHMARKS
 from freshen.cli.common import HOME, JSON, settings
 
 
@@ -63,7 +64,7 @@ def add_parsers(sub) -> None:
     bs = b.add_subparsers(dest="action", required=True)
     su = bs.add_parser("suite", parents=[JSON], help="a benchmark's edits applied and judged with CLIP "
                        "(efficacy, generality, specificity; CAKE also kgemap and compo; FID)")
-    su.add_argument("format", choices=("cake", "road", "timed"))
+    su.add_argument("format", choices=BENCHMARKS)
     su.add_argument("file", type=Path, help="the benchmark's published file")
     su.add_argument("--model", required=True, help="Stable Diffusion pipeline: local path or cached hub id")
     su.add_argument("--out", type=Path, required=True, help="directory for results.json, results.md, efficacy.png")
