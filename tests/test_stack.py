@@ -77,7 +77,9 @@ def test_ledger_and_registry_on_postgres_and_an_mlflow_server(servers, world, tm
     elsewhere.mkdir()
     loader = ("import mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/freshen@champion'); "
               "print(m.predict(pd.DataFrame({'prompt': ['a red circle']})).shape)")
-    bare = {k: v for k, v in os.environ.items() if not k.startswith("FRESHEN_")}
+    # nothing of this process's set-up either: MLflow exports the last tracking and registry URIs
+    # it was given to the environment (MLFLOW_REGISTRY_URI, for subprocesses)
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("FRESHEN_", "MLFLOW_"))}
     out = run([sys.executable, "-c", loader], {**bare, "MLFLOW_TRACKING_URI": servers.tracking_uri,
                                                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}, cwd=elsewhere)
     assert out.returncode == 0, out.stderr[-3000:]
