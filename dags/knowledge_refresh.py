@@ -19,6 +19,7 @@ from freshen.approval import StewardApproval
 
 FEED_DROP = Asset(os.environ.get("FRESHEN_FEED_ASSET", "file:///freshen/feeds/drop"), group="freshen")
 POOL = os.environ.get("FRESHEN_STAGE1_POOL", "gpu")
+QUEUE = os.environ.get("FRESHEN_STAGE1_QUEUE", "gpu")  # the Celery queue of the GPU workers
 CRON = os.environ.get("FRESHEN_REFRESH_CRON", "0 3 * * *")
 APPROVAL_TIMEOUT = timedelta(minutes=float(os.environ.get("FRESHEN_APPROVAL_TIMEOUT_MINUTES", 24 * 60)))
 
@@ -67,11 +68,13 @@ with DAG(
 
     @task
     def plan() -> dict:
-        """The approved changes on top of the champion, as a batch directory."""
-        from freshen.refresh import init_registry, plan_batch
+        """The approved changes on top of the champion, as a batch directory (a version an
+        earlier run registered and never gated is gated first)."""
+        from freshen.refresh import gate_pending, init_registry, plan_batch
 
         s = _settings()
         init_registry(s)
+        gate_pending(s)
         batch = plan_batch(s)
         if batch is None:
             return {"dir": None, "facts": []}
@@ -81,7 +84,7 @@ with DAG(
     def fan_out(batch: dict) -> list[dict]:
         return [{"batch_dir": batch["dir"], "index": i, "key": k} for i, k in enumerate(batch["facts"])]
 
-    @task(pool=POOL, retries=2, map_index_template="{{ fact_key }}",
+    @task(pool=POOL, queue=QUEUE, retries=2, map_index_template="{{ fact_key }}",
           retry_delay=timedelta(seconds=float(os.environ.get("FRESHEN_STAGE1_RETRY_DELAY_SECONDS", 30))))
     def stage1(item: dict) -> str:
         """Stage I for one fact (a mapped task per fact)."""

@@ -10,6 +10,11 @@ silence never approves anything. Changes approved by a policy (trusted feeds) ar
 asking. Headless runs (``make demo`` with ``dag.test``, where no one can answer) set
 ``FRESHEN_STEWARD=skip``: pending changes then stay pending for a later run, and only
 policy approvals go ahead.
+
+Who may answer: the Airflow users named in ``FRESHEN_STEWARDS`` (comma-separated user ids;
+the task's ``assigned_users``); anyone else gets 403 from the HITL endpoint. Unset, every
+user allowed to see the task may answer; production mode (``FRESHEN_PRODUCTION``) refuses
+to parse the DAG without stewards.
 """
 
 from __future__ import annotations
@@ -77,10 +82,18 @@ def record_answer(ledger, asked: list[str], chosen: set[str], by: str, timed_out
     return {"asked": asked, "approved": approve, "rejected": reject, "by": by}
 
 
+def stewards() -> list[dict] | None:
+    """The Airflow users who may answer (``FRESHEN_STEWARDS``), as HITL users; None: anyone."""
+    from freshen.config import Settings
+
+    return [{"id": n, "name": n} for n in Settings.from_env().steward_ids] or None
+
+
 class StewardApproval(HITLOperator):
     def __init__(self, *, response_timeout: timedelta | None = timedelta(hours=24), **kwargs):
         super().__init__(subject="Approve fact changes for the next model version", options=[REJECT_ALL],
-                         defaults=[REJECT_ALL], multiple=True, response_timeout=response_timeout, **kwargs)
+                         defaults=[REJECT_ALL], multiple=True, response_timeout=response_timeout,
+                         assigned_users=stewards(), **kwargs)
 
     def execute(self, context):
         from freshen.airflow_plugin import preview_url

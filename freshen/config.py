@@ -38,7 +38,8 @@ class Settings:
     seed: int = 0
     num_inference_steps: int | None = None  # None: the pipeline's own default
     guidance_scale: float | None = None
-    production: bool = False  # FRESHEN_PRODUCTION=1: no SQLite fallback for the ledger or the registry
+    production: bool = False  # FRESHEN_PRODUCTION=1: no SQLite fallback, stewards required
+    stewards: str = ""  # Airflow user ids allowed to answer the approval (comma-separated); default: anyone
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -67,6 +68,16 @@ class Settings:
             raise InvalidInput(f"production mode (FRESHEN_PRODUCTION): set {variable}, the {what}; "
                                "a private SQLite file in the home is not used")
         return value
+
+    @property
+    def steward_ids(self) -> list[str]:
+        """Who may answer the steward approval task (its ``assigned_users``); empty: anyone
+        allowed to see the task, which production mode refuses."""
+        ids = [n.strip() for n in self.stewards.split(",") if n.strip()]
+        if self.production and not ids:
+            raise InvalidInput("production mode (FRESHEN_PRODUCTION): set FRESHEN_STEWARDS, the Airflow user ids "
+                               "allowed to approve changes (comma-separated)")
+        return ids
 
     @property
     def ledger(self) -> str:

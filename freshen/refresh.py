@@ -355,17 +355,39 @@ def write_facts(model, facts: list[Fact], zs, hp, state, kept):
 
 def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     """Evaluate ``version`` against the champion and the unedited base; promote it if the GX
-    suite passes."""
-    from registry.versions import CANDIDATE, CHAMPION
+    suite passes.
+
+    Crash-safe in three steps, each repeatable: the verdict is recorded in the ledger (the
+    intent) before anything moves; then the aliases and the ledger's statuses follow it; the
+    version's ``gate`` tag is written last. A gate cut short between the first and the last
+    step (a worker killed, a retry) takes the recorded verdict again without re-evaluating and
+    finishes the moves; a version whose gate never ran keeps the tag ``pending`` and is gated
+    by the next refresh (``gate_pending``)."""
+    reg, ledger = settings.open_registry(), settings.open_ledger()
+    v = reg.version(version)
+    if v.gate in ("passed", "rejected"):
+        reasons = v.tags.get("freshen.gate_reasons", "")
+        return GateResult(v.gate, reg.champion(), version, reasons="" if reasons == "-" else reasons, already=True)
+    verdict = recorded_verdict(ledger, reg.name, version)
+    if verdict is None:
+        verdict = judge_version(settings, reg, v, reg.champion())
+        ledger.version_event(reg.name, version, f"gate_{verdict['status']}", by, verdict)
+    return finish_gate(reg, ledger, v, verdict, by)
+
+
+def recorded_verdict(ledger, model: str, version: int) -> dict | None:
+    """The gate verdict the ledger holds for ``version`` (its last ``gate_*`` event), if any."""
+    events = [e for e in ledger.version_events(model, version) if e.event in ("gate_passed", "gate_rejected")]
+    return events[-1].detail | {"status": events[-1].event.removeprefix("gate_")} if events else None
+
+
+def judge_version(settings: Settings, reg, v, champion: int) -> dict:
+    """The gate's evaluation of version ``v`` against ``champion`` (and the base): the verdict
+    with its table, written under out/versions/vN and logged to the version's run."""
     from validation.evaluate import FactCase, evaluate
     from validation.gate import Gate, GateConfig, metrics_table
 
-    reg, ledger = settings.open_registry(), settings.open_ledger()
-    v = reg.version(version)
-    champion = reg.champion()
-    if v.gate in ("passed", "rejected"):
-        reasons = v.tags.get("freshen.gate_reasons", "")
-        return GateResult(v.gate, champion, version, reasons="" if reasons == "-" else reasons, already=True)
+    version = v.number
     cfg = GateConfig.load(settings.gate)
     facts = [FactCase.of(f) for f in v.facts]
     judge = judge_for(settings, v.manifest["base"]["family"])
@@ -389,21 +411,54 @@ def gate(settings: Settings, version: int, by: str = "gate") -> GateResult:
     if verdict.docs_page:
         reg.log_artifacts(version, Path(verdict.docs_page), "gate/data_docs")
     reg.log_artifacts(version, grid, "grid")
-    reg.tag(version, gate=verdict.status, gate_reasons=verdict.reasons()[:4000] or "-",
-            **{f"metric.{r['metric']}": f"{r['candidate']:.4f}" for r in verdict.table})
-    ledger.version_event(reg.name, version, f"gate_{verdict.status}", by,
-                         {"table": verdict.table, "failed": verdict.failed, "docs_page": verdict.docs_page,
-                          "champion": champion})
-    reg.drop_alias(CANDIDATE)
-    keys = [f.key for f in v.facts]
-    if verdict.passed:
+    return {"status": verdict.status, "reasons": verdict.reasons(), "table": verdict.table, "failed": verdict.failed,
+            "docs_page": verdict.docs_page, "champion": champion, "grid": str(grid), "gate_dir": str(out)}
+
+
+def finish_gate(reg, ledger, v, verdict: dict, by: str) -> GateResult:
+    """What a recorded verdict moves, each step repeatable: the candidate alias goes, a passed
+    version becomes champion and the ledger follows; the ``gate`` tag last."""
+    from registry.versions import CANDIDATE, CHAMPION
+
+    version, champion = v.number, verdict["champion"]
+    if reg.alias(CANDIDATE) == version:
+        reg.drop_alias(CANDIDATE)
+    if verdict["status"] == "passed":
         reg.set_alias(CHAMPION, version)
-        ledger.version_event(reg.name, version, "promoted", by, {"from": champion, "reason": "gate passed"})
         ledger.sync_champion(reg.name, lineage_facts(reg, version), [], by, "gate passed")
+        if not any(e.event == "promoted" for e in ledger.version_events(reg.name, version)):
+            ledger.version_event(reg.name, version, "promoted", by, {"from": champion, "reason": "gate passed"})
     else:
-        ledger.sync_champion(reg.name, [], [(version, keys)], by, f"gate rejected: {verdict.reasons()}")
-    return GateResult(verdict.status, reg.champion(), version, reasons=verdict.reasons(), table=verdict.table,
-                      grid=str(grid), docs_page=verdict.docs_page, gate_dir=str(out))
+        ledger.sync_champion(reg.name, [], [(version, [f.key for f in v.facts])], by,
+                             f"gate rejected: {verdict['reasons']}")
+    reg.tag(version, gate=verdict["status"], gate_reasons=verdict["reasons"][:4000] or "-",
+            **{f"metric.{r['metric']}": f"{r['candidate']:.4f}" for r in verdict["table"]})
+    return GateResult(verdict["status"], reg.champion(), version, reasons=verdict["reasons"], table=verdict["table"],
+                      grid=verdict.get("grid"), docs_page=verdict.get("docs_page"), gate_dir=verdict.get("gate_dir"))
+
+
+def gate_pending(settings: Settings, by: str = "gate") -> list[GateResult]:
+    """Gate every version registered and never gated (a refresh cut short after Stage II), oldest
+    first, before a new batch is planned on the champion."""
+    reg, ledger = settings.open_registry(), settings.open_ledger()
+    if not reg.exists():
+        return []
+    results = []
+    for version in reg.pending():
+        v, champion = reg.version(version), reg.champion()
+        if v.parent != champion and recorded_verdict(ledger, reg.name, version) is None:
+            # built on a version that is no longer the champion: promoting it would drop what
+            # came since, so it is rejected unseen and its changes go back to the stewards
+            log.warning("v%d was registered on v%s and never gated; v%d is champion now: rejecting it",
+                        version, v.parent, champion)
+            verdict = {"status": "rejected", "table": [], "failed": [], "docs_page": None, "champion": champion,
+                       "reasons": f"never gated, and built on v{v.parent}, no longer the champion (v{champion})"}
+            ledger.version_event(reg.name, version, "gate_rejected", by, verdict)
+            results.append(finish_gate(reg, ledger, v, verdict, by))
+        else:
+            log.warning("v%d was registered and never gated: gating it now", version)
+            results.append(gate(settings, version, by=by))
+    return results
 
 
 def lineage(reg, version: int) -> list[int]:
@@ -454,6 +509,7 @@ def before_after_grid(path: Path, ev, facts: list[Fact], parent: int, version: i
 def refresh(settings: Settings, by: str = "freshen", limit: int | None = None) -> GateResult:
     """plan -> Stage I -> Stage II + register -> gate, in one process. Nothing approved: no-op."""
     init_registry(settings)
+    gate_pending(settings)
     batch = plan_batch(settings, limit=limit)
     if batch is None:
         return GateResult("nothing to do", settings.open_registry().champion())

@@ -308,6 +308,11 @@ class Registry:
         found = self.client.search_model_versions(f"name='{self.name}' and tag.`{T}batch_key`='{key}'")
         return min(int(mv.version) for mv in found) if found else None
 
+    def pending(self) -> list[int]:
+        """Versions registered and never gated (tag ``gate`` still ``pending``), oldest first."""
+        found = self.client.search_model_versions(f"name='{self.name}' and tag.`{T}gate`='pending'")
+        return sorted(int(mv.version) for mv in found)
+
     def orphan_run(self, key: str) -> str | None:
         """A run of this batch whose artifacts are complete but which never became a version."""
         runs = self.client.search_runs([self.experiment_id],

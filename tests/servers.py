@@ -150,3 +150,25 @@ def compose_command(service: str, **values: str) -> list[str]:
         assert flag in cmd, f"docker/compose.yaml: the {service} command has no {flag}"
         cmd[cmd.index(flag) + 1] = value
     return cmd
+
+
+def compose_environment(values: dict[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment docker/compose.yaml gives freshen's services (``x-freshen``), with
+    ``values`` in place of this machine's addresses, secrets and paths, and the keys of
+    ``drop`` left out (their defaults apply). Every key named must be in the file, and none of
+    the file's ``${...}`` may be left unreplaced."""
+    import yaml
+
+    env = {k: str(v) for k, v in yaml.safe_load(COMPOSE.read_text())["x-freshen"]["environment"].items()}
+    missing = [k for k in (*values, *drop) if k not in env]
+    assert not missing, f"docker/compose.yaml: x-freshen's environment has no {missing}"
+    env = {k: v for k, v in env.items() if k not in drop} | values
+    left = [k for k, v in env.items() if "${" in v]
+    assert not left, f"docker/compose.yaml: {left} need this machine's values"
+    return env
+
+
+def worker_name() -> str:
+    """The host name a test's Celery worker reports to Airflow (``[core] hostname_callable``),
+    so a task instance tells which of two workers on one machine ran it."""
+    return os.environ["FRESHEN_TEST_WORKER"]

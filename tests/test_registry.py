@@ -9,6 +9,7 @@ the default gate; rollback; a crash between upload and registration; a tampered 
 import json
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import mlflow
 import numpy as np
@@ -94,7 +95,8 @@ class Story:
     records what its test checks at the moment it happened (aliases, statuses), since the
     later steps move them."""
 
-    ORDER = ("base", "batch_a", "gate_a", "batch_b", "harmful", "rejected_again", "rollback", "crash", "revert")
+    ORDER = ("base", "batch_a", "gate_a", "batch_b", "harmful", "rejected_again", "rollback", "crash", "revert",
+             "cut_gates")
 
     def __init__(self, home: Path, world):
         self.home, self.world, self.done = home, world, {}
@@ -211,6 +213,32 @@ class Story:
                     live_after={f.key for _, f in reg.live_facts(steps[1]["version"])},
                     statuses={k: ledger.change(k).status for k in (key, asked["key"])},
                     history=[(e.event, e.actor) for e in ledger.history(key)])
+
+    def cut_gates(self) -> dict:
+        """Two refreshes cut short: one after Stage II (never gated), one after the gate's
+        verdict was recorded and before the champion moved (the process dies there)."""
+        s = settings(self.home)
+        refresh.gate_pending(s)  # whatever earlier steps left ungated (the crash step's batch)
+        reg, ledger = Registry.from_settings(s), Ledger(s.ledger)
+        versions = []
+        for i, (f, target) in enumerate(zip(self.facts("logo")[10:12], ("a red ring", "a white cross"), strict=True)):
+            (key,) = feed(self.home, f"cut{i}", [{"id": "1", "source": f.prompt, "target": target}])
+            batch = refresh.plan_batch(s, keys=[key])
+            refresh.stage1(s, batch.dir)
+            versions.append(refresh.stage2(s, batch.dir))
+            if i == 1:
+                break
+            killed = mock.patch.object(Registry, "set_alias", side_effect=SystemExit("killed"))
+            with killed, pytest.raises(SystemExit):
+                refresh.gate(s, versions[0])
+            cut = dict(gate=reg.version(versions[0]).gate, champion=reg.alias("champion"),
+                       events=[e.event for e in ledger.version_events(reg.name, versions[0])])
+        # the second one never reaches its gate; the next refresh gates what is left first
+        pending = reg.pending()
+        results = refresh.gate_pending(s)
+        return dict(versions=versions, cut=cut, pending=pending, results=results, champion=reg.alias("champion"),
+                    tags=[reg.version(v).gate for v in versions],
+                    events=[[e.event for e in ledger.version_events(reg.name, v)] for v in versions])
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +450,21 @@ def test_one_fact_is_reverted_as_a_change_like_any_other(story):
     assert fact["efficacy_candidate"] == 1.0 and fact["efficacy_champion"] == 0.0
     with pytest.raises(InvalidInput, match="only a change live in the champion"):
         refresh.request_revert(settings(story.home), r["key"], by="dave", reason="again")
+
+
+def test_a_gate_cut_short_is_finished_and_a_version_never_gated_is_gated_next(story):
+    c = story("cut_gates")
+    first, second = c["versions"]
+    # cut after the verdict was recorded: the champion had not moved, the tag was not written
+    assert c["cut"]["gate"] == "pending" and c["cut"]["champion"] != first
+    assert c["cut"]["events"] == ["registered", "gate_passed"]
+    # the next refresh finishes the first from its recorded verdict (no second evaluation), then
+    # the second is built on a version that was not champion when it was made: rejected unseen
+    assert c["pending"] == [first, second]
+    assert [(r.version, r.status) for r in c["results"]] == [(first, "passed"), (second, "rejected")]
+    assert c["events"][0] == ["registered", "gate_passed", "promoted"]
+    assert c["events"][1] == ["registered", "gate_rejected"] and "no longer the champion" in c["results"][1].reasons
+    assert c["tags"] == ["passed", "rejected"] and c["champion"] == first
 
 
 def test_tampered_base_is_refused(tmp_path):
