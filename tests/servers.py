@@ -96,8 +96,13 @@ class Servers:
         wait_for(lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.pg_port)],
                                         capture_output=True).returncode == 0, "PostgreSQL", log=log)
         for db in DATABASES:
-            subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "freshen",
-                            db], check=True, capture_output=True)
+            self.create_database(db)
+
+    def create_database(self, name: str) -> str:
+        """A new database on the test's PostgreSQL (one per test that needs its own), as a URL."""
+        subprocess.run([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "freshen", name],
+                       check=True, capture_output=True)
+        return self.database_url(name)
 
     def _redis(self) -> None:
         log = self.root / "redis.log"

@@ -32,6 +32,7 @@ from tests.servers import compose_command, compose_environment, free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+NAME = "freshen-celery"
 FAST = dict(steps=12, noise_images=1, dest_steps=8)
 LENIENT_SMALL_GATE = dict(efficacy_min=0.0, specificity_drop_max=1.0, fid_increase_max=100.0,
                           base_specificity_min=0.0, base_fid_increase_max=100.0,
@@ -100,7 +101,7 @@ def stack(servers, tmp_path_factory):
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "dana:admin,eve:admin",
         "FRESHEN_STEWARDS": "dana",
         "FRESHEN_HOME": str(home),
-        "FRESHEN_LEDGER_URL": servers.database_url("freshen"),
+        "FRESHEN_LEDGER_URL": servers.create_database("freshen_celery"),
         "FRESHEN_TRACKING_URI": servers.tracking_uri,
         "FRESHEN_FEED_ASSET": (home / "drop").as_uri(),
         "FRESHEN_REFRESH_CRON": "none",  # only the runs the test triggers
@@ -120,6 +121,8 @@ def stack(servers, tmp_path_factory):
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
         "FRESHEN_STAGE1_RETRY_DELAY_SECONDS": "5",
+        # the servers are shared with tests/test_stack.py: a registered model and a ledger of its own
+        "FRESHEN_REGISTRY_NAME": NAME,
         "FRESHEN_HPARAMS": str(tmp / "hp.json"),
         "FRESHEN_GATE": str(tmp / "gate.json"),
         "FRESHEN_NUM_INFERENCE_STEPS": "8",
@@ -225,10 +228,10 @@ def test_a_refresh_on_celery_workers_survives_a_killed_stage1_worker(stack, serv
 
     # the new champion and its facts, from the MLflow server's REST API; one version per batch
     mlflow = f"{servers.tracking_uri}/api/2.0"
-    mv = requests.get(f"{mlflow}/mlflow/registered-models/alias", params={"name": "freshen", "alias": "champion"},
+    mv = requests.get(f"{mlflow}/mlflow/registered-models/alias", params={"name": NAME, "alias": "champion"},
                       timeout=30).json()["model_version"]
     assert mv["version"] == "2" and {"key": "freshen.gate", "value": "passed"} in mv["tags"]
-    versions = requests.get(f"{mlflow}/mlflow/model-versions/search", params={"filter": "name='freshen'"},
+    versions = requests.get(f"{mlflow}/mlflow/model-versions/search", params={"filter": f"name='{NAME}'"},
                             timeout=30).json()["model_versions"]
     assert sorted(int(v["version"]) for v in versions) == [1, 2]
     path = requests.get(f"{mlflow}/mlflow/runs/get", params={"run_id": mv["run_id"]},
