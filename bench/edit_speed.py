@@ -1,7 +1,9 @@
 """``make bench-speed``: how fast the editing engine is on this machine's CPU.
 
 1. Stage II for 300 facts on a randomly initialised CLIPTextModel with Stable Diffusion
-   1.4's text-encoder config (12 layers, width 768, MLP 3072; 11 edit layers).
+   1.4's text-encoder config (12 layers, width 768, MLP 3072; 11 edit layers), with h at
+   the last edit layer tracked exactly and directly (``hp.h_tracking``), and one forward of
+   the same prompts through the whole encoder, timed the same way.
 2. Stage II for a 10-fact batch after 1000 earlier edits, divided by the same at 0 edits.
 3. Batched Stage I throughput on ToyWorld divided by a per-fact loop, at equal quality.
 4. Bytes stored per version for 100 edits divided by the text encoder's bytes.
@@ -25,7 +27,7 @@ from editing.hparams import EditHParams
 from editing.keys import compute_hs, layer_stats, null_space_projection
 from editing.model import DiffusionModel, load_model
 from editing.preservation import Preservation
-from editing.requests import EditRequest
+from editing.requests import EditRequest, templated
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2
 from editing.state import EditState
@@ -99,8 +101,20 @@ def main() -> None:
     pres = Preservation(c0, {l: null_space_projection(c0[l], hp.nullspace_mode, hp.nullspace_threshold)
                              for l in layers})
     out["stage2_sd14_facts"] = args.facts
-    out["stage2_sd14_seconds"] = round(stage2_seconds(sd, requests(world, args.facts), hp, layers,
-                                                      EditState(), pres), 2)
+    batch = requests(world, args.facts)
+    out["stage2_sd14_seconds"] = round(stage2_seconds(sd, batch, hp, layers, EditState(), pres), 2)
+    direct = EditHParams.from_json(hp.to_json() | {"h_tracking": "direct"})
+    out["stage2_sd14_seconds_direct"] = round(stage2_seconds(sd, batch, direct, layers, EditState(), pres), 2)
+    # one forward of the same prompts (every source in every context template) through the
+    # whole encoder, padded as Stage II's stream is (to the longest prompt)
+    prompts = [p for r in batch for p in templated(r.source, hp.context_templates)]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        sd.encode(prompts, pad_to_max=False)
+        one = time.perf_counter() - t0
+    out["one_forward_seconds"] = round(one, 2)
+    out["stage2_over_one_forward"] = round(out["stage2_sd14_seconds"] / one, 2)
+    out["stage2_direct_over_one_forward"] = round(out["stage2_sd14_seconds_direct"] / one, 2)
     print(json.dumps(out), flush=True)
     small = requests(world, 10, offset=500)
     at0 = stage2_seconds(sd, small, hp, layers, EditState(), pres)

@@ -14,6 +14,7 @@ METHODS = ("nullspace", "emcid")
 NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
 KEY_COLUMNS = ("mean", "per_template")
 MODES = ("sequential", "consolidate")
+H_TRACKING = ("exact", "direct")
 
 
 @dataclass
@@ -46,6 +47,13 @@ class EditHParams:
     refresh_kp: bool = False
     method: str = "nullspace"  # "nullspace" (004_...) or "emcid" (EMCID's closed form)
     residual: str = "memit"  # R spread over the layers left (MEMIT convention)
+    # how Stage II knows h at the last edit layer as the layers below it are edited: "exact"
+    # runs the batch from each edit layer up to the last one again (MEMIT; about m(m+1)/2
+    # layer forwards for m edit layers); "direct" runs it once, then adds each edited layer's
+    # own change at the subject (Delta_l K1_l, carried up the residual stream), leaving out
+    # what the layers in between make of it, and reads h exactly again before the last edit
+    # layer, which then writes all that is left (about 2m layer forwards; docs/editing.md)
+    h_tracking: str = "exact"
     # K1's columns: "mean" = one key per fact averaged over the context templates (MEMIT,
     # EMCID); "per_template" = one key per (fact, template), each with the fact's Stage I
     # delta as its target (beyond the papers; see docs/editing.md)
@@ -94,6 +102,8 @@ class EditHParams:
             raise InvalidInput(f"hparams.mode: {self.mode!r} is not one of {MODES}")
         if self.max_update_norm < 0:
             raise InvalidInput("hparams.max_update_norm must be >= 0 (0 = no bound)")
+        if self.h_tracking not in H_TRACKING:
+            raise InvalidInput(f"hparams.h_tracking: {self.h_tracking!r} is not one of {H_TRACKING}")
         if self.residual != "memit":
             raise InvalidInput(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:

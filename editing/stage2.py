@@ -4,6 +4,9 @@ For each edit layer l, ascending (i = 0..m-1):
   1. K1 = compute_ks(l) on the model with the layers below already edited (read off one
      residual stream that moves up with the edit, ``keys.SubjectStream``);
   2. R = (Z - h_last) / (m - i)                        (MEMIT's spread of the residual);
+     h_last read on the model as edited so far (``hp.h_tracking="exact"``) or, with
+     "direct", h_last of the first layer plus each edited layer's Delta K1, read exactly
+     again at the last edit layer (which writes all that is left: i = m - 1);
      with ``key_columns="per_template"`` K1 has a column per (fact, template) and Z a
      target per column: that template's h_last before the batch plus the fact's delta;
   3. P = null-space projection of C0 (keys.null_space_projection);
@@ -117,9 +120,14 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     live = state.live_facts(replacing=sources) if hp.refresh_kp else []
     live_keys = SubjectStream(model, [f.source for f in live], templates, hp.key_columns) if live else None
     targets = zs.double()
+    cur = None
     for i, layer in enumerate(layers):
-        k1, cur = subjects.states(key_layer=layer, out_layer=last)
-        k1, cur = k1.double(), cur.double()
+        if cur is None or hp.h_tracking == "exact" or layer == last:
+            k1, cur = subjects.states(key_layer=layer, out_layer=last)
+            k1, cur = k1.double(), cur.double()
+        else:  # h moved by the layer just edited, at the subject: its Delta K1 (hp.h_tracking "direct")
+            cur = cur + (out[layers[i - 1]].r.double() @ (out[layers[i - 1]].b.double() @ k1)).T
+            k1 = subjects.states(key_layer=layer)[0].double()
         if i == 0 and hp.key_columns == "per_template":
             # Stage I's z_i = mean_t h_it + delta_i, and delta_i was added at every template:
             # template t of fact i aims at h_it + delta_i (nothing of the batch is applied yet)
