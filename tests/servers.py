@@ -34,17 +34,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(check, what: str, timeout: float = 90.0, log: Path | None = None) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
+def wait_for(check, what: str, timeout: float = 90.0, log=None, every: float = 0.5):
+    """Poll ``check`` until it returns something truthy, and return that; a connection error
+    counts as not yet. On timeout the error carries ``log``'s tail (a file, or a function
+    returning text)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         try:
-            if check():
-                return
-        except OSError:
+            if got := check():
+                return got
+        except OSError:  # requests' connection errors too
             pass
-        time.sleep(0.5)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s\n{tail}")
+        time.sleep(every)
+    if callable(log):
+        tail = log()
+    else:
+        tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:

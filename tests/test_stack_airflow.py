@@ -28,7 +28,7 @@ import requests
 from selenium.webdriver.common.by import By
 
 from editing.hparams import EditHParams
-from tests.servers import compose_command, compose_environment, free_port
+from tests.servers import compose_command, compose_environment, free_port, wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -155,16 +155,7 @@ def stack(servers, tmp_path_factory):
 
 
 def wait(what: str, check, timeout: float, stack: Stack, every: float = 2.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            got = check()
-        except requests.ConnectionError:
-            got = None
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}\n{stack.tail()}")
+    return wait_for(check, what, timeout, log=stack.tail, every=every)
 
 
 def test_a_refresh_on_celery_workers_survives_a_killed_stage1_worker(stack, servers, world, browser):
