@@ -2,13 +2,15 @@
 
 1. Stage II for 300 facts on a randomly initialised CLIPTextModel with Stable Diffusion
    1.4's text-encoder config (12 layers, width 768, MLP 3072; 11 edit layers), with h at
-   the last edit layer tracked exactly and directly (``hp.h_tracking``), and one forward of
-   the same prompts through the whole encoder, timed the same way.
+   the last edit layer tracked exactly and directly (``hp.h_tracking``), the seconds of it
+   spent in the solves, and one forward of the same prompts through the whole encoder,
+   timed the same way; then Stage II for live sets of 100, 300 and 1000 facts solved from
+   the base (a consolidated version's Stage II: the cost curve as the live set grows).
 2. Stage II for a 10-fact batch after 1000 earlier edits, divided by the same at 0 edits.
 3. Batched Stage I throughput on ToyWorld divided by a per-fact loop, at equal quality.
 4. Bytes stored per version for 100 edits divided by the text encoder's bytes.
 
-    python -m bench.edit_speed [--facts 300]
+    python -m bench.edit_speed [--facts 300] [--live-sets 100,300,1000]
 
 Writes bench/results/edit_speed.json and prints it.
 """
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import compute_hs, layer_stats, null_space_projection
+from editing.keys import compute_hs, layer_stats, protected_basis
 from editing.model import DiffusionModel, load_model
 from editing.preservation import Preservation
 from editing.requests import EditRequest, templated
@@ -74,19 +76,23 @@ def requests(world: World, n: int, offset: int = 0) -> list[EditRequest]:
     return out
 
 
-def stage2_seconds(model: DiffusionModel, reqs, hp, layers, state, pres) -> float:
+def stage2_seconds(model: DiffusionModel, reqs, hp, layers, state, pres) -> tuple[float, float]:
+    """Stage II's seconds for ``reqs`` (targets: h plus noise), and those of them in the solves.
+    The model is edited in place (later calls build on it, as sequential batches do)."""
     torch.manual_seed(1)
     h = compute_hs(model, reqs, layers[-1], hp.context_templates)
     zs = h + 0.5 * torch.randn_like(h)
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    execute_stage2(model, reqs, zs, hp, layers, state, pres)
-    return time.perf_counter() - t0
+    execute_stage2(model, reqs, zs, hp, layers, state, pres, timings=timings)
+    return time.perf_counter() - t0, timings["solve_seconds"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--facts", type=int, default=300)
     ap.add_argument("--stage1-facts", type=int, default=16)
+    ap.add_argument("--live-sets", default="100,300,1000", help="live-set sizes of the cost curve")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_speed.json")
     args = ap.parse_args()
     torch.set_flush_denormal(True)
@@ -98,13 +104,15 @@ def main() -> None:
     hp = EditHParams.preset("stable-diffusion")
     layers = sd.default_edit_layers
     c0 = layer_stats(sd, layers, world.captions()[:400], progress=False)
-    pres = Preservation(c0, {l: null_space_projection(c0[l], hp.nullspace_mode, hp.nullspace_threshold)
+    pres = Preservation(c0, {l: protected_basis(c0[l], hp.nullspace_mode, hp.nullspace_threshold)
                              for l in layers})
     out["stage2_sd14_facts"] = args.facts
     batch = requests(world, args.facts)
-    out["stage2_sd14_seconds"] = round(stage2_seconds(sd, batch, hp, layers, EditState(), pres), 2)
+    seconds, solves = stage2_seconds(sd, batch, hp, layers, EditState(), pres)
+    out["stage2_sd14_seconds"], out["stage2_sd14_solve_seconds"] = round(seconds, 2), round(solves, 2)
     direct = EditHParams.from_json(hp.to_json() | {"h_tracking": "direct"})
-    out["stage2_sd14_seconds_direct"] = round(stage2_seconds(sd, batch, direct, layers, EditState(), pres), 2)
+    seconds, solves = stage2_seconds(sd, batch, direct, layers, EditState(), pres)
+    out["stage2_sd14_seconds_direct"], out["stage2_sd14_solve_seconds_direct"] = round(seconds, 2), round(solves, 2)
     # one forward of the same prompts (every source in every context template) through the
     # whole encoder, padded as Stage II's stream is (to the longest prompt)
     prompts = [p for r in batch for p in templated(r.source, hp.context_templates)]
@@ -117,11 +125,19 @@ def main() -> None:
     out["stage2_direct_over_one_forward"] = round(out["stage2_sd14_seconds_direct"] / one, 2)
     print(json.dumps(out), flush=True)
     small = requests(world, 10, offset=500)
-    at0 = stage2_seconds(sd, small, hp, layers, EditState(), pres)
+    at0 = stage2_seconds(sd, small, hp, layers, EditState(), pres)[0]
     earlier = EditState({l: (k := torch.randn(3072, 1000, dtype=torch.float64) * 0.1) @ k.T for l in layers}, 1000)
-    at1000 = stage2_seconds(sd, small, hp, layers, earlier, pres)
+    at1000 = stage2_seconds(sd, small, hp, layers, earlier, pres)[0]
     out["stage2_10_after_1000_over_after_0"] = round(at1000 / at0, 3)
     print(json.dumps(out), flush=True)
+    # the cost curve: a consolidated version solves its whole live set from the base, so its
+    # Stage II grows with the live set (each size on a fresh copy of the base encoder)
+    out["stage2_live_set_seconds"], out["stage2_live_set_solve_seconds"] = {}, {}
+    for n in (int(x) for x in args.live_sets.split(",") if x):
+        seconds, solves = stage2_seconds(sd14_text_model(), requests(world, n), hp, layers, EditState(), pres)
+        out["stage2_live_set_seconds"][str(n)] = round(seconds, 2)
+        out["stage2_live_set_solve_seconds"][str(n)] = round(solves, 2)
+        print(json.dumps({"live_set": n, "seconds": round(seconds, 2), "solve_seconds": round(solves, 2)}), flush=True)
 
     # 4: bytes per version for 100 edits (float16 factors, as the registry stores them:
     # no keys, recomputed on replay) vs. the text encoder; and with the keys stored
@@ -160,7 +176,8 @@ def main() -> None:
     out["stage1_batched_over_loop_throughput"] = round(t_loop / t_batch, 2)
     out["stage1_final_loss_batched"] = round(loss_b, 6)
     out["stage1_final_loss_loop"] = round(loss_l, 6)
-    out["command"] = f"python -m bench.edit_speed --facts {args.facts} --stage1-facts {args.stage1_facts}"
+    out["command"] = (f"python -m bench.edit_speed --facts {args.facts} --stage1-facts {args.stage1_facts} "
+                      f"--live-sets {args.live_sets}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))

@@ -54,7 +54,8 @@ class SubjectStream:
             raise ValueError(f"key columns {columns!r} is not one of {KEY_COLUMNS}")
         prompts, pos = subject_batch(model, sources, templates)
         self.stream = model.residual_stream(prompts)
-        self.rows, self.idx = torch.arange(len(prompts)), torch.as_tensor(pos)
+        self.rows = torch.arange(len(prompts), device=model.device)
+        self.idx = torch.as_tensor(pos, device=model.device)
         self.shape = (len(sources), len(templates))
         self.columns = columns
 
@@ -66,13 +67,13 @@ class SubjectStream:
     def states(self, key_layer: int | None = None, out_layer: int | None = None
                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """K1 (d_k x e) of ``key_layer`` and h (e x d) leaving ``out_layer`` (either may be
-        None), on the model as it is now; the layers below the lower of the two must not
-        change afterwards."""
+        None), on the model as it is now, on the CPU (the closed form's algebra runs there);
+        the layers below the lower of the two must not change afterwards."""
         wanted = [layer for layer in (key_layer, out_layer) if layer is not None]
         self.stream.advance_to(min(wanted))
         keys, hidden = self.stream.run(key_layer, max(wanted))
-        return (None if key_layer is None else self._at_subjects(keys).T,
-                None if out_layer is None else self._at_subjects(hidden))
+        return (None if key_layer is None else self._at_subjects(keys).T.cpu(),
+                None if out_layer is None else self._at_subjects(hidden).cpu())
 
 
 def compute_ks(model: DiffusionModel, requests: Sequence[EditRequest], layer: int,
@@ -92,10 +93,10 @@ def compute_hs(model: DiffusionModel, requests: Sequence[EditRequest], layer: in
 @torch.no_grad()
 def span_keys(model: DiffusionModel, prompts: Sequence[str], spans: Sequence[tuple[int, int]],
               layer: int) -> torch.Tensor:
-    """Keys (d_k x n) of ``layer``'s fc2 at every token of each prompt's character span."""
+    """Keys (d_k x n) of ``layer``'s fc2 at every token of each prompt's character span (CPU)."""
     toks = model.span_tokens(prompts, spans)
     keys, _ = model.capture_fc2(prompts, layer)
-    return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T
+    return torch.cat([keys[i, p] for i, p in enumerate(toks)]).T.cpu()
 
 
 def compute_entity_ks(model: DiffusionModel, entities: Sequence[str], layer: int,
@@ -128,16 +129,16 @@ class SpanStream:
 
     def __init__(self, model: DiffusionModel, prompts: Sequence[str], spans: Sequence[tuple[int, int]]):
         toks = model.span_tokens(prompts, spans)
-        self.rows = torch.as_tensor([i for i, t in enumerate(toks) for _ in t])
-        self.idx = torch.as_tensor([j for t in toks for j in t])
+        self.rows = torch.as_tensor([i for i, t in enumerate(toks) for _ in t], device=model.device)
+        self.idx = torch.as_tensor([j for t in toks for j in t], device=model.device)
         self.stream = model.residual_stream(prompts)
 
     @torch.no_grad()
     def keys(self, layer: int) -> torch.Tensor:
-        """(d_k x n) at ``layer`` on the model as it is now; layers below must not change after."""
+        """(d_k x n) at ``layer`` on the model as it is now (CPU); layers below must not change after."""
         self.stream.advance_to(layer)
         keys, _ = self.stream.run(layer, layer)
-        return keys[self.rows, self.idx].T
+        return keys[self.rows, self.idx].T.cpu()
 
 
 def corpus_hash(captions: Sequence[str]) -> str:
@@ -178,13 +179,13 @@ def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence
             enc = model.encode(list(captions[i:i + batch_size]), pad_to_max=False)
             # every token up to and including the first [EOS] (the rest is padding)
             length = enc.input_ids.shape[1]
-            mask = torch.arange(length)[None, :] <= enc.eos_index[:, None].cpu()
+            mask = torch.arange(length, device=enc.eos_index.device)[None, :] <= enc.eos_index[:, None]
             if skip_bos:
                 mask[:, 0] = False
             count += int(mask.sum())
-            for l in layers:
+            for l in layers:  # on the model's device, summed on the CPU
                 k = got[l][mask].double()
-                sums[l] += k.T @ k
+                sums[l] += (k.T @ k).cpu()
     finally:
         for h in hooks:
             h.remove()
@@ -213,14 +214,27 @@ def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence
 
 def null_space_projection(c0: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
     """P = U0 U0^T from the eigenvectors of C0 whose eigenvalues are small
-    (docs/method.md Stage II step 3; AlphaEdit). ``mode``:
+    (docs/method.md Stage II step 3; AlphaEdit), as I - Q Q^T with Q = ``protected_basis``."""
+    return projector(protected_basis(c0, mode, threshold))
+
+
+def projector(q: torch.Tensor) -> torch.Tensor:
+    """I - Q Q^T: the orthogonal projection onto the complement of Q's (orthonormal) columns."""
+    return torch.eye(q.shape[0], dtype=torch.float64) - q @ q.T
+
+
+def protected_basis(c0: torch.Tensor, mode: str, threshold: float) -> torch.Tensor:
+    """Q (d_k x q, orthonormal): the eigenvectors of C0 that the null space leaves out (its
+    large eigenvalues), so that P = U0 U0^T = I - Q Q^T. ``mode`` says which are small:
     - "relative": eigenvalue < threshold * largest eigenvalue (default);
     - "energy": the smallest eigenvalues that together hold <= threshold of the trace;
     - "absolute": eigenvalue < threshold (AlphaEdit's 2e-2, tuned for LLMs);
-    - "none": P = I (no null space; a baseline)."""
+    - "none": none protected, P = I (no null space; a baseline).
+    Stage II works with Q: the protected rank q is a few to a few hundred of d_k, so P's
+    products cost O(d_k^2 q) instead of O(d_k^3)."""
     n = c0.shape[0]
     if mode == "none":
-        return torch.eye(n, dtype=torch.float64)
+        return torch.zeros(n, 0, dtype=torch.float64)
     evals, evecs = torch.linalg.eigh(c0.double())  # ascending
     evals = evals.clamp_min(0)
     if mode == "relative":
@@ -231,8 +245,7 @@ def null_space_projection(c0: torch.Tensor, mode: str, threshold: float) -> torc
         keep = evals < threshold
     else:
         raise ValueError(f"unknown null-space mode {mode!r}")
-    u0 = evecs[:, keep]
-    return u0 @ u0.T
+    return evecs[:, ~keep].contiguous()
 
 
 def protected_share(c0: torch.Tensor, p: torch.Tensor) -> dict[str, float]:

@@ -11,6 +11,7 @@ Components stay plain attributes of the wrapped diffusers pipeline.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -24,6 +25,37 @@ from common.errors import UserError
 from common.hashing import directory_hash
 
 PIPELINES = "freshen.pipelines"  # entry-point group: pipeline classes beyond diffusers' (ToyWorld's)
+DEVICE_VARIABLE = "FRESHEN_DEVICE"  # where models run: auto (CUDA when present), cpu, cuda, cuda:N
+
+
+def resolve_device(spec: str | torch.device | None = None) -> torch.device:
+    """The device models run on: ``spec``, or ``FRESHEN_DEVICE``, or "auto" (the first CUDA
+    device when torch sees one, else the CPU). A CUDA device this machine does not have is
+    an error, not a silent fall back to the CPU."""
+    spec = str(spec if spec is not None else os.environ.get(DEVICE_VARIABLE) or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{DEVICE_VARIABLE}={spec!r} is not a device: use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ModelLoadError(f"{DEVICE_VARIABLE}={spec!r}: freshen runs on cpu or cuda (auto picks one)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"{DEVICE_VARIABLE}={spec!r}, but torch sees no CUDA device here "
+                                 f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                                 "set it to cpu or auto")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ModelLoadError(f"{DEVICE_VARIABLE}={spec!r}: this machine has {torch.cuda.device_count()} "
+                                 "CUDA device(s)")
+    return device
+
+
+def sampling_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype images are sampled in by default: float16 on CUDA (the U-Net and
+    VAE allow it), none (float32) on the CPU."""
+    return torch.float16 if device.type == "cuda" else None
 
 
 def first_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -88,9 +120,12 @@ class ResidualStream:
 class DiffusionModel:
     """A text-to-image pipeline seen as the editing method sees it."""
 
-    def __init__(self, pipe, source: str, family: str):
+    def __init__(self, pipe, source: str, family: str, sample_dtype: torch.dtype | None = None):
         self.pipe = pipe
         self.source = source  # local path or hub id it came from
+        # sampling (``generate``) runs under autocast in this dtype (None: the weights' own);
+        # the weights, Stage I's gradients and the edits stay in the dtype loaded (float32)
+        self.sample_dtype = sample_dtype
         # the family of model, "toyworld" or "stable-diffusion": the key of the presets, the
         # judge and the caption corpus (a fact change's own ``kind`` is something else)
         self.family = family
@@ -206,8 +241,8 @@ class DiffusionModel:
             self.encode(prompts, pad_to_max=False)
         keys, values = got["keys"], got["values"]
         if positions is not None:
-            rows = torch.arange(len(prompts))
-            idx = torch.as_tensor(list(positions))
+            rows = torch.arange(len(prompts), device=keys.device)
+            idx = torch.as_tensor(list(positions), device=keys.device)
             keys, values = keys[rows, idx], values[rows, idx]
         return keys, values
 
@@ -245,18 +280,25 @@ class DiffusionModel:
         """Images (n, h, w, 3) uint8 from prompts (or their embeddings with their
         ``conditioning_mask``), seeded. Sampling steps and guidance default to the pipeline's
         own (ToyWorld: 30 DDPM steps, scale 3; SD: 50 steps, 7.5)."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on every device
         kw = {k: v for k, v in (("num_inference_steps", num_inference_steps),
                                 ("guidance_scale", guidance_scale)) if v is not None}
-        if self.family == "toyworld":
-            return self.pipe(list(prompts) if prompts is not None else None, generator=g,
-                             prompt_embeds=prompt_embeds, prompt_mask=prompt_mask, **kw)
-        if prompt_embeds is None:
-            prompt_embeds = self.encode(prompts).hidden
-        negative = self.encode([""]).hidden.expand_as(prompt_embeds)
-        images = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative,
-                           generator=g, output_type="np", **kw).images
-        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+        with self.sampling():
+            if self.family == "toyworld":
+                return self.pipe(list(prompts) if prompts is not None else None, generator=g,
+                                 prompt_embeds=prompt_embeds, prompt_mask=prompt_mask, **kw)
+            if prompt_embeds is None:
+                prompt_embeds = self.encode(prompts).hidden
+            negative = self.encode([""]).hidden.expand_as(prompt_embeds)
+            images = self.pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative,
+                               generator=g, output_type="np", **kw).images
+        return (np.clip(np.asarray(images, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
+
+    def sampling(self):
+        """The autocast context images are drawn in (``sample_dtype``; none: a no-op)."""
+        if self.sample_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.sample_dtype)
 
     def generate_many(self, prompts: Sequence[str], seed: int = 0, batch_size: int = 48,
                       progress: bool = False, **kw) -> np.ndarray:
@@ -336,9 +378,17 @@ def load_tokenizer(path_or_id: str | Path):
     return AutoTokenizer.from_pretrained(sub)
 
 
+_DEFAULT = object()
+
+
 def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
-               device: str = "cpu") -> DiffusionModel:
-    """Load a ToyWorld pipeline or a Stable Diffusion pipeline from a local path or hub id."""
+               device: str | torch.device | None = None, sample_dtype=_DEFAULT) -> DiffusionModel:
+    """Load a ToyWorld pipeline or a Stable Diffusion pipeline from a local path or hub id,
+    on ``device`` (``resolve_device``: by default ``FRESHEN_DEVICE``, else CUDA when present),
+    its images sampled under autocast in ``sample_dtype`` (default ``sampling_dtype``:
+    float16 on CUDA; None: float32). The weights stay ``dtype``: the edits write them."""
+    device = resolve_device(device)
+    half = sampling_dtype(device) if sample_dtype is _DEFAULT else sample_dtype
     local = resolve_local(str(path_or_id))
     index = local / "model_index.json"
     if not index.exists():
@@ -348,12 +398,12 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
     with quiet_loading():
         if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
             pipe = custom.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False)
-            return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family)
+            return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family, half)
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False,
                                                        safety_checker=None, requires_safety_checker=False)
-    return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion")
+    return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion", half)
 
 
 @contextmanager

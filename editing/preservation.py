@@ -12,23 +12,33 @@ from pathlib import Path
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import KeyMoments, key_moments, layer_stats, null_space_projection, protected_share
+from editing.keys import KeyMoments, key_moments, layer_stats, projector, protected_basis, protected_share
 from editing.model import DiffusionModel
 from editing.requests import EditRequest, without_sources
 
 
 @dataclass
 class Preservation:
-    """C0 per layer and the projections cut from it, for one base model and corpus."""
+    """C0 per layer and the null spaces cut from it, for one base model and corpus."""
 
     c0: dict[int, torch.Tensor]
-    projections: dict[int, torch.Tensor]
+    protected: dict[int, torch.Tensor]  # Q (d_k x q) per layer: P = I - Q Q^T (keys.protected_basis)
     captions: list[str] = field(default_factory=list)  # the corpus C0 was taken over
-    base_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # W0 of fc2 per edit layer
+    base_weights: dict[int, torch.Tensor] = field(default_factory=dict)  # W0 of fc2 per edit layer (CPU)
+
+    @property
+    def projections(self) -> dict[int, torch.Tensor]:
+        """P = I - Q Q^T per layer, dense (d_k x d_k)."""
+        return {l: projector(q) for l, q in self.protected.items()}
+
+    def project(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """P K at ``layer`` (float64), as K - Q (Q^T K)."""
+        q, keys = self.protected[layer], keys.double()
+        return keys - q @ (q.T @ keys)
 
     def report(self) -> dict[int, dict[str, float]]:
         """Per layer: the rank and the share of C0's energy that P protects."""
-        return {l: protected_share(self.c0[l], self.projections[l]) for l in sorted(self.projections)}
+        return {l: protected_share(self.c0[l], projector(q)) for l, q in sorted(self.protected.items())}
 
     def update_norms(self, model: DiffusionModel) -> dict[int, float]:
         """||W_l - W0_l||_F / ||W0_l||_F of ``model`` at every edit layer (docs/method.md
@@ -59,7 +69,7 @@ class Preservation:
 
 def relative_update(w: torch.Tensor, w0: torch.Tensor) -> float:
     w0 = w0.double()
-    return float((w.detach().double() - w0).norm() / w0.norm().clamp_min(1e-30))
+    return float((w.detach().double().to(w0.device) - w0).norm() / w0.norm().clamp_min(1e-30))
 
 
 def fact_prompts(requests: Sequence[EditRequest]) -> list[str]:
@@ -100,5 +110,5 @@ def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[st
         c0 = layer_stats(model, layers, captions, cache_dir=cache_dir, model_hash=model_hash,
                          progress=progress, skip_bos=hp.c0_skip_bos)
     mode = hp.nullspace_mode if hp.method == "nullspace" else "none"
-    return Preservation(c0, {l: null_space_projection(c0[l], mode, hp.nullspace_threshold) for l in layers},
-                        list(captions), {l: model.fc2(l).weight.detach().clone() for l in layers})
+    return Preservation(c0, {l: protected_basis(c0[l], mode, hp.nullspace_threshold) for l in layers},
+                        list(captions), {l: model.fc2(l).weight.detach().to("cpu", copy=True) for l in layers})

@@ -49,8 +49,8 @@ def _mse_per_row(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _per_fact(values: torch.Tensor, owner: torch.Tensor, e: int) -> torch.Tensor:
     """Mean of ``values`` per owning fact (facts with no value get 0)."""
-    total = torch.zeros(e, dtype=values.dtype).index_add(0, owner, values)
-    count = torch.zeros(e, dtype=values.dtype).index_add(0, owner, torch.ones_like(values))
+    total = torch.zeros(e, dtype=values.dtype, device=values.device).index_add(0, owner, values)
+    count = torch.zeros(e, dtype=values.dtype, device=values.device).index_add(0, owner, torch.ones_like(values))
     return total / count.clamp_min(1)
 
 
@@ -75,23 +75,24 @@ def destination_latents(model: DiffusionModel, requests: Sequence[EditRequest],
                 imgs = np.concatenate([imgs] * hp.noise_images)[: hp.noise_images]
         latents.append(model.images_to_latents(imgs))
         user += [from_user] * hp.noise_images
-    return torch.cat(latents), torch.tensor(user)
+    return torch.cat(latents), torch.tensor(user, device=model.device)
 
 
 def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditHParams,
                layer: int, progress: bool = False) -> StageIResult:
-    """Optimise one delta per request at the output of ``layer`` (the last edit layer)."""
-    e, templates = len(requests), hp.context_templates
+    """Optimise one delta per request at the output of ``layer`` (the last edit layer), on
+    the model's device; the results are on the CPU."""
+    e, templates, dev = len(requests), hp.context_templates, model.device
     n_t = len(templates)
-    gen = torch.Generator().manual_seed(hp.seed)
+    gen = torch.Generator().manual_seed(hp.seed)  # on the CPU: the same draws on every device
     torch.manual_seed(hp.seed)
 
     # -- prompts, token positions, frozen references
     prompts, pos = subject_batch(model, [r.source for r in requests], templates)
-    pos = torch.as_tensor(pos)
-    owner = torch.arange(e).repeat_interleave(n_t)
-    ids = model.tokenize(prompts)["input_ids"]
-    h = compute_hs(model, requests, layer, templates)
+    pos = torch.as_tensor(pos, device=dev)
+    owner = torch.arange(e, device=dev).repeat_interleave(n_t)
+    ids = model.tokenize(prompts)["input_ids"].to(dev)
+    h = compute_hs(model, requests, layer, templates).to(dev)
     with torch.no_grad():
         base = model.encode(input_ids=ids)
         text_rows = [row for row in range(len(prompts)) if requests[row // n_t].target]
@@ -115,19 +116,19 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
                 ent_rows += [row] * len(tk)
                 ent_toks += tk
                 ent_owner += [i] * len(tk)
-    ent_rows_t, ent_toks_t, ent_owner_t = (torch.as_tensor(x, dtype=torch.long)
+    ent_rows_t, ent_toks_t, ent_owner_t = (torch.as_tensor(x, dtype=torch.long, device=dev)
                                            for x in (ent_rows, ent_toks, ent_owner))
 
     x0, from_user = destination_latents(model, requests, hp)
-    img_owner = torch.arange(e).repeat_interleave(hp.noise_images)
-    src_rows = torch.arange(e).repeat_interleave(hp.noise_images) * n_t  # template 0 of each fact
+    img_owner = torch.arange(e, device=dev).repeat_interleave(hp.noise_images)
+    src_rows = img_owner * n_t  # template 0 of each fact
     src_mask = model.conditioning_mask(ids[src_rows])
 
     # -- optimisation
     delta = torch.zeros_like(h, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
     max_norm = hp.clamp_norm_factor * h.norm(dim=1)
-    rows = torch.arange(len(prompts))
+    rows = torch.arange(len(prompts), device=dev)
 
     def add_delta(_m, _inp, out):
         hidden = out[0] if isinstance(out, tuple) else out
@@ -140,14 +141,14 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
     try:
         for _ in tqdm(range(hp.steps), desc=f"Stage I ({e} facts)", disable=not progress):
             enc = model.encode(input_ids=ids)
-            zero = torch.zeros(e)
+            zero = torch.zeros(e, device=dev)
             l_txt = (_per_fact(_mse_per_row(enc.pooled[text_rows], c_tgt), owner[text_rows], e)
                      if c_tgt is not None else zero)
             l_ent = (_per_fact(_mse_per_row(enc.hidden[ent_rows_t, ent_toks_t],
                                             base.hidden[ent_rows_t, ent_toks_t]), ent_owner_t, e)
                      if ent_rows else zero)
-            t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, model.num_train_timesteps, (len(x0),), generator=gen).to(dev)
+            noise = torch.randn(x0.shape, generator=gen).to(dev)
             x_t = model.add_noise(x0, noise, t)
             eps_src = model.predict_noise(x_t, t, enc.hidden[src_rows], src_mask)
             with torch.no_grad():
@@ -165,6 +166,6 @@ def compute_zs(model: DiffusionModel, requests: Sequence[EditRequest], hp: EditH
             terms = {"noise": l_noise, "text": l_txt, "entity": l_ent, "total": per_fact}
     finally:
         handle.remove()
-    delta = delta.detach()
+    delta, h = delta.detach().cpu(), h.cpu()
     losses = {k: [round(float(x), 6) for x in v.detach()] for k, v in terms.items()}
     return StageIResult(z=h + delta, h=h, delta=delta, losses=losses)

@@ -9,9 +9,13 @@ For each edit layer l, ascending (i = 0..m-1):
      again at the last edit layer (which writes all that is left: i = m - 1);
      with ``key_columns="per_template"`` K1 has a column per (fact, template) and Z a
      target per column: that template's h_last before the batch plus the fact's delta;
-  3. P = null-space projection of C0 (keys.null_space_projection);
+  3. P = null-space projection of C0, kept as I - Q Q^T (keys.protected_basis);
   4. Delta = R K1^T P (Kp Kp^T P + K1 K1^T P + beta I)^-1, as R times
-     B = K1^T P A^-1, found by a float64 linear solve of A^T B^T = P K1 (P symmetric);
+     B = K1^T P A^-1 with A = M P + beta I, M = Kp Kp^T + K1 K1^T. B^T solves
+     (P M + beta I) B^T = P K1; its columns lie in P's range (apply I - P: beta (I - P) B^T = 0),
+     so B^T = P B^T and the system is the symmetric positive definite
+     (P M P + beta I) B^T = P K1, solved by a float64 Cholesky factorisation, P M P formed
+     from Q in O(d_k^2 q) (``right_factor``);
   5. W_l += Delta.
 Kp Kp^T is the state's, less the earlier keys of facts this batch changes again
 (``EditState.kp``) or, with ``hp.refresh_kp``, the live facts' keys read on the model as
@@ -29,6 +33,7 @@ not write is left to the layers above it (step 2 recomputes R from the stream).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -42,64 +47,92 @@ from editing.requests import EditRequest
 from editing.state import Edit, EditState, LayerEdit
 
 
-def protect_entity_keys(p: torch.Tensor, entity_keys: torch.Tensor, tol: float = 1e-6,
+def protect_entity_keys(q: torch.Tensor, entity_keys: torch.Tensor, tol: float = 1e-6,
                         energy: float = 1.0) -> torch.Tensor:
     """Remove from P's range the directions of the entity keys P sees (beyond the papers):
-    P' = P - Q Q^T with Q an orthonormal basis of P K_ent (its singular directions above
-    ``tol`` of the largest and, with ``energy`` < 1, only the leading ones that hold that
-    share of P K_ent's energy). P' is again a projector, inside P."""
-    pk = p @ entity_keys.double()
+    with P = I - Q Q^T, P' = P - U U^T, U an orthonormal basis of P K_ent (its singular
+    directions above ``tol`` of the largest and, with ``energy`` < 1, only the leading ones
+    that hold that share of P K_ent's energy). Returns Q' = [Q U] (U lies in P's range, so
+    Q' is orthonormal): P' = I - Q' Q'^T is again a projector, inside P."""
+    k = entity_keys.double()
+    pk = k - q @ (q.T @ k)
     u, s, _ = torch.linalg.svd(pk, full_matrices=False)
     keep = s > tol * s.max().clamp_min(1e-30)
     if energy < 1.0:
         share = torch.cumsum(s ** 2, 0) / (s ** 2).sum().clamp_min(1e-30)
         keep &= torch.arange(len(s)) <= int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)))
-    q = u[:, keep]
-    return p - q @ q.T
+    return torch.cat([q, u[:, keep]], 1)
 
 
-def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: torch.Tensor | None,
+def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, q: torch.Tensor | None,
                  c0: torch.Tensor | None, extra_ridge: float = 0.0) -> torch.Tensor:
-    """B (e x d_k) such that Delta = R B; ``extra_ridge`` joins beta I (the update bound)."""
-    d_k = k1.shape[0]
-    eye = torch.eye(d_k, dtype=torch.float64)
+    """B (e x d_k) such that Delta = R B; ``extra_ridge`` joins beta I (the update bound).
+    Both forms solve a symmetric positive definite system S B^T = rhs by Cholesky:
+    null space (P = I - Q Q^T): S = P M P + beta I, rhs = P K1 (module docstring, step 4),
+    while Q has at most d_k / 4 columns (beyond that, forming P M P from Q costs more than
+    the non-symmetric solve as written, which is then used); EMCID: S = lambda (1 - alpha) /
+    alpha C0 + K1 K1^T, rhs = K1."""
     if hp.method == "nullspace":
-        a = (kp_cov + k1 @ k1.T) @ p + (hp.beta + extra_ridge) * eye
-        return torch.linalg.solve(a.T, p @ k1).T
-    # EMCID: symmetric system, so K1^T A^-1 = (A^-1 K1)^T
-    a = hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha * c0 + k1 @ k1.T + extra_ridge * eye
-    return torch.linalg.solve(a, k1).T
+        s = torch.addmm(kp_cov, k1, k1.T)  # M
+        rhs = k1 - q @ (q.T @ k1)  # P K1
+        d_k, ridge = s.shape[0], hp.beta + extra_ridge
+        if q.shape[1] > d_k // 4:
+            # many protected directions: P M P from Q would cost more than AlphaEdit's
+            # non-symmetric solve as written, A^T B^T = P K1 with A = M P + beta I
+            a = s @ (torch.eye(d_k, dtype=s.dtype) - q @ q.T)
+            a.diagonal().add_(ridge)
+            return torch.linalg.solve(a.T, rhs).T
+        n = s @ q  # P M P = M - Q N^T - N Q^T + Q (Q^T N) Q^T with N = M Q
+        s.addmm_(q @ (q.T @ n), q.T).addmm_(q, n.T, alpha=-1).addmm_(n, q.T, alpha=-1)
+        s.diagonal().add_(ridge)
+    else:
+        s = (k1 @ k1.T).add_(c0, alpha=hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha)
+        s.diagonal().add_(extra_ridge)
+        rhs = k1
+    return spd_solve(s, rhs).T
 
 
-def bounded_right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, p: torch.Tensor | None,
+def spd_solve(s: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """S^-1 rhs for a symmetric positive definite S (float64 Cholesky of its lower triangle;
+    an LU solve where rounding leaves S short of positive definite, as a ridge of 0 can)."""
+    chol, info = torch.linalg.cholesky_ex(s)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.solve(s, rhs)
+
+
+def bounded_right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, q: torch.Tensor | None,
                          c0: torch.Tensor | None, r: torch.Tensor, offset: torch.Tensor,
                          w0_norm: float, iterations: int = 40) -> tuple[torch.Tensor, float]:
     """B as ``right_factor``, with the smallest extra ridge (bisection in log space) that
     keeps ||offset + R B||_F <= hp.max_update_norm * ||W0||_F; ``offset`` = W - W0 before
     this batch. Returns B and the extra ridge (0 when the bound already holds)."""
     bound = hp.max_update_norm * w0_norm
-    b = right_factor(hp, k1, kp_cov, p, c0)
+    b = right_factor(hp, k1, kp_cov, q, c0)
     if (offset + r @ b).norm() <= bound:
         return b, 0.0
     scale = float(torch.diagonal(kp_cov + k1 @ k1.T).mean().clamp_min(1e-12))
     lo, hi = -12.0, 12.0  # log10 of the extra ridge relative to the keys' scale
-    if (offset + r @ right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi)).norm() > bound:
-        return right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi), scale * 10 ** hi  # earlier batches hold it
+    if (offset + r @ right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi)).norm() > bound:
+        return right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi), scale * 10 ** hi  # earlier batches hold it
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if (offset + r @ right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** mid)).norm() > bound:
+        if (offset + r @ right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** mid)).norm() > bound:
             lo = mid
         else:
             hi = mid
-    return right_factor(hp, k1, kp_cov, p, c0, scale * 10 ** hi), scale * 10 ** hi
+    return right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi), scale * 10 ** hi
 
 
 @torch.no_grad()
 def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: torch.Tensor,
-                   hp: EditHParams, layers: list[int], state: EditState, preserved: Preservation) -> Edit:
+                   hp: EditHParams, layers: list[int], state: EditState, preserved: Preservation,
+                   timings: dict[str, float] | None = None) -> Edit:
     """Apply the batch to ``model`` in place, layer by layer; return its factors (with the
     extra ridge each bounded layer needed in ``meta["extra_ridge"]``). ``requests``: anything
-    with ``id``, ``source`` and ``entities`` (``EditRequest``, ``state.LiveFact``)."""
+    with ``id``, ``source`` and ``entities`` (``EditRequest``, ``state.LiveFact``). With
+    ``timings``, the seconds spent in the closed form's solves are added to its
+    ``"solve_seconds"`` (the rest of the time is reading keys and h)."""
     c0, captions = preserved.c0, preserved.captions
     if hp.max_update_norm > 0 and not preserved.base_weights:
         raise ValueError("hparams.max_update_norm needs the base weights in the Preservation")
@@ -135,11 +168,11 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             delta = targets - cur.view(len(requests), n_t, -1).mean(1)
             targets = cur + delta.repeat_interleave(n_t, 0)
         r = ((targets - cur) / (len(layers) - i)).T
-        p = None
+        q = None
         if hp.method == "nullspace":
-            p = preserved.projections[layer]
+            q = preserved.protected[layer]  # Q: P = I - Q Q^T
             if hp.protect_entities and entities:
-                p = protect_entity_keys(p, compute_entity_ks(model, entities, layer, hp.entity_templates))
+                q = protect_entity_keys(q, compute_entity_ks(model, entities, layer, hp.entity_templates))
         if hp.refresh_kp:
             kl = live_keys.states(key_layer=layer)[0].double() if live_keys is not None else k1[:, :0]
             kp = kl @ kl.T
@@ -149,21 +182,25 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T
             if hp.protect_mentions:
-                p = protect_entity_keys(p, km, energy=0.99)
+                q = protect_entity_keys(q, km, energy=0.99)
         if hp.method == "nullspace" and hp.c0_weight > 0:
             kp = kp + hp.c0_weight * c0[layer]
         w = model.fc2(layer).weight
+        t_solve = time.perf_counter()
         if hp.max_update_norm > 0:
             w0 = preserved.base_weights[layer].double()
-            b, extra = bounded_right_factor(hp, k1, kp, p, c0.get(layer), r, w.double() - w0, float(w0.norm()))
+            b, extra = bounded_right_factor(hp, k1, kp, q, c0.get(layer), r, w.double().cpu() - w0,
+                                            float(w0.norm()))
             if extra:
                 extra_ridge[str(layer)] = extra
         else:
-            b = right_factor(hp, k1, kp, p, c0.get(layer))
+            b = right_factor(hp, k1, kp, q, c0.get(layer))
+        if timings is not None:
+            timings["solve_seconds"] = timings.get("solve_seconds", 0.0) + time.perf_counter() - t_solve
         # applied exactly as stored (float32 factors): a version loaded from its factors is
         # then bit-for-bit the model edited here
         r, b = r.float(), b.float()
-        w += (r.double() @ b.double()).to(w.dtype)
+        w += (r.double() @ b.double()).to(w.device, w.dtype)
         # K1 of layer l is also its key on the fully edited model: edits at l and above do
         # not change the inputs of layer l's fc2, and the layers below are already edited.
         out[layer] = LayerEdit(r, b, k1.float())

@@ -15,14 +15,16 @@ PRODUCTION_NER = "dslim/bert-large-NER"
 
 
 class NerTagger:
-    def __init__(self, model: str, batch_size: int = 64, min_score: float = 0.5):
+    def __init__(self, model: str, batch_size: int = 64, min_score: float = 0.5, device: str | None = None):
         from transformers import pipeline
 
-        from editing.model import quiet_loading
+        from editing.model import quiet_loading, resolve_device
 
+        device = resolve_device(device)
         try:
             with quiet_loading():
-                self.pipe = pipeline("token-classification", model=model, aggregation_strategy="simple")
+                self.pipe = pipeline("token-classification", model=model, aggregation_strategy="simple",
+                                     device=device)
         except Exception as exc:  # noqa: BLE001 - any load failure gets one clear message
             raise ModelLoadError(
                 f"NER model {model!r} could not be loaded ({type(exc).__name__}: {exc}). "

@@ -36,6 +36,7 @@ class Settings:
     drop: str = ""  # the feed drop directory; default: home/drop
     captions: str = ""  # caption corpus (one per line) for C0 of a real model; ToyWorld: its own
     seed: int = 0
+    device: str = "auto"  # where models run: auto (the first CUDA device when present, else cpu), cpu, cuda[:N]
     num_inference_steps: int | None = None  # None: the pipeline's own default
     guidance_scale: float | None = None
     production: bool = False  # FRESHEN_PRODUCTION=1: no SQLite fallback, stewards required

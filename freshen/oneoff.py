@@ -45,7 +45,7 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
     from toyworld.world import World
 
     rows = read_fact_file(facts)
-    model = load_model(settings.model)
+    model = load_model(settings.model, device=settings.device)
     if captions is not None:
         corpus = [c for c in read_user_file(captions, "caption corpus").splitlines() if c.strip()]
     elif model.family == "toyworld":
@@ -56,8 +56,8 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
     if untagged:
         from feeds.ner import NerTagger
 
-        for r, ents in zip(untagged, NerTagger(settings.ner_model)([r["source"] for r in untagged]),
-                           strict=True):
+        tagger = NerTagger(settings.ner_model, device=settings.device)
+        for r, ents in zip(untagged, tagger([r["source"] for r in untagged]), strict=True):
             r["entities"] = [e.__dict__ for e in ents]
     requests = [Fact(r["id"], Path(facts).stem, r["id"], r["source"], r["target"],
                      entities=r["entities"]).request() for r in rows]

@@ -106,7 +106,7 @@ def make_previews(settings: Settings, keys: list[str], seeds: int = 2) -> list[d
             reqs = [EditRequest("change", fact.source, "-")] + [EditRequest(f"n{i}", p, "-")
                                                                 for i, (_, _, p) in enumerate(near)]
             for layer in layers:
-                k = kept.projections[layer].double() @ compute_ks(model, reqs, layer, hp.context_templates).double()
+                k = kept.project(layer, compute_ks(model, reqs, layer, hp.context_templates))
                 unit = k / k.norm(dim=0, keepdim=True).clamp_min(1e-12)
                 cosines += (unit[:, 1:].T @ unit[:, 0]).float() / len(layers)
         order = torch.argsort(cosines, descending=True).tolist()

@@ -68,7 +68,7 @@ def ingest_feeds(settings: Settings, path: Path | None = None, ner: bool = True,
     tokenizer = load_tokenizer(settings.model)
     rules = FeedRules(settings.gx_dir, tokenizer.model_max_length)
     summaries = ingest_path(settings.open_ledger(), path, rules, tokenizer, feed=feed,
-                            ner=NerTagger(settings.ner_model) if ner else None,
+                            ner=NerTagger(settings.ner_model, device=settings.device) if ner else None,
                             policy=Policy.load(Path(settings.policy)) if settings.policy else None)
     return [s.to_json() | {"report": str(rules.docs_index)} for s in summaries]
 
@@ -106,7 +106,7 @@ def tag_new_entities(settings: Settings) -> int:
     from feeds.ingest import tag_entities
     from feeds.ner import NerTagger
 
-    return tag_entities(settings.open_ledger(), NerTagger(settings.ner_model))
+    return tag_entities(settings.open_ledger(), NerTagger(settings.ner_model, device=settings.device))
 
 
 def audit_summary(settings: Settings, verdict: GateResult) -> dict:
@@ -183,7 +183,7 @@ def judge_for(settings: Settings, family: str):
     if family == "toyworld":
         from validation.evaluate import ToyWorldJudge
 
-        return ToyWorldJudge(settings.judge, settings.world)
+        return ToyWorldJudge(settings.judge, settings.world, settings.device)
     from validation.clip_judge import ClipJudge
 
     suite = None
@@ -195,7 +195,8 @@ def judge_for(settings: Settings, family: str):
             raise InvalidInput(f"FRESHEN_GATE_PROBES must be FORMAT:FILE with FORMAT one of {', '.join(FORMATS)}, "
                                f"got {settings.gate_probes!r}")
         suite = load(fmt, Path(path))
-    return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None, suite=suite)
+    return ClipJudge(settings.clip_judge, _captions(settings, family), settings.fid_reference or None, suite=suite,
+                     device=settings.device)
 
 
 def stage1(settings: Settings, batch_dir: Path, indices: list[int] | None = None) -> list[str]:

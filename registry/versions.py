@@ -77,18 +77,20 @@ def batch_key(parent: int, base_hash: str, facts: list[Fact], hparams: dict) -> 
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def materialise(manifest: dict, cache_dir: Path, verify_base: bool = True) -> DiffusionModel:
-    """Base + chain of edits of a manifest, as a ``DiffusionModel`` (edited in memory)."""
-    model = load_base(manifest, verify_base)
+def materialise(manifest: dict, cache_dir: Path, verify_base: bool = True, device: str | None = None
+                ) -> DiffusionModel:
+    """Base + chain of edits of a manifest, as a ``DiffusionModel`` (edited in memory) on
+    ``device`` (``editing.model.resolve_device``: by default ``FRESHEN_DEVICE``, else CUDA when present)."""
+    model = load_base(manifest, verify_base, device)
     for edit in chain_edits(manifest, cache_dir):
         edit.apply(model)
     return model
 
 
-def load_base(manifest: dict, verify: bool = True) -> DiffusionModel:
+def load_base(manifest: dict, verify: bool = True, device: str | None = None) -> DiffusionModel:
     """The unedited base model of a manifest, checked against its recorded content hash."""
     base = manifest["base"]
-    model = load_model(base["ref"])
+    model = load_model(base["ref"], device=device)
     if verify and model.base_hash != base["hash"]:
         raise BaseMismatch(
             f"base model {base['ref']!r} has content hash {model.base_hash[:16]}..., but this version "
@@ -148,7 +150,7 @@ class Registry:
     """One registered model (``name``) in an MLflow tracking store."""
 
     def __init__(self, tracking_uri: str, artifact_root: Path | str | None = None, name: str = DEFAULT_NAME,
-                 cache_dir: Path | None = None):
+                 cache_dir: Path | None = None, device: str | None = None):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no run links on stdout
         import mlflow
@@ -160,6 +162,7 @@ class Registry:
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.name = name
+        self.device = device  # where versions are materialised (None: FRESHEN_DEVICE, else CUDA when present)
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "freshen-cache")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         exp = self.client.get_experiment_by_name(EXPERIMENT)
@@ -178,7 +181,7 @@ class Registry:
         # a tracking server keeps the artifacts behind itself (mlflow-artifacts:, served by it);
         # a local store keeps them in the home
         local = None if tracking.startswith(("http://", "https://")) else settings.home / "mlartifacts"
-        return cls(tracking, local, settings.registry_name, settings.home / "cache")
+        return cls(tracking, local, settings.registry_name, settings.home / "cache", settings.device)
 
     # -- reading -----------------------------------------------------------------
     def exists(self) -> bool:
@@ -234,12 +237,13 @@ class Registry:
         import copy
 
         if number not in self._models:
-            self._models[number] = materialise(self.version(number).manifest, self.cache_dir, verify_base)
+            self._models[number] = materialise(self.version(number).manifest, self.cache_dir, verify_base,
+                                               self.device)
         return copy.deepcopy(self._models[number])
 
     def base_model(self, number: int) -> DiffusionModel:
         """The unedited base model of a version, checked against its recorded hash."""
-        return load_base(self.version(number).manifest)
+        return load_base(self.version(number).manifest, device=self.device)
 
     def lineage(self, number: int) -> list[int]:
         """Versions from the base up to ``number``, following parents."""
@@ -275,7 +279,7 @@ class Registry:
         manifest = self.version(number).manifest
         edits = chain_edits(manifest, self.cache_dir)
         if base is None and not all(e.has_keys for e in edits):
-            base = load_base(manifest)
+            base = load_base(manifest, device=self.device)
         return EditState.from_chain(edits, base)
 
     # -- writing -----------------------------------------------------------------

@@ -50,7 +50,7 @@ def main() -> None:
                  "nullspace": f"{hp.nullspace_mode} {hp.nullspace_threshold:g}", "layers": {}}
     for layer in model.default_edit_layers:
         k = compute_ks(model, reqs, layer, hp.context_templates).double()
-        pk = pres.projections[layer] @ k
+        pk = pres.project(layer, k)
         out["layers"][str(layer)] = {"raw": mean_cosines(k, facts), "through_P": mean_cosines(pk, facts),
                                      "norm_Pk_over_k": round(float((pk.norm(dim=0) / k.norm(dim=0)).mean()), 4)}
     RESULTS.mkdir(exist_ok=True)

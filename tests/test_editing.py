@@ -10,7 +10,7 @@ from editing.keys import SubjectStream, compute_hs, compute_ks, entity_mentions,
 from editing.model import load_model
 from editing.requests import EditRequest, Entity, normalise
 from editing.stage1 import compute_zs
-from editing.stage2 import execute_stage2
+from editing.stage2 import execute_stage2, protect_entity_keys, right_factor
 from editing.state import Edit, EditState
 from toyworld.paths import DIFFUSION_DIR
 
@@ -194,6 +194,33 @@ def test_factors_equal_the_dense_update(world, preserved):
         a = (state.kp(layer, k1.shape[0]) + k1 @ k1.T) @ p + hp.beta * torch.eye(k1.shape[0], dtype=torch.float64)
         dense = le.r.double() @ k1.T @ p @ torch.linalg.inv(a)
         torch.testing.assert_close(le.dense(), dense, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("method,beta,protected", [("nullspace", 1.0, 9), ("nullspace", 1e-3, 9),
+                                                    ("nullspace", 1.0, 40), ("emcid", 0.0, 9)])
+def test_the_symmetric_solve_is_the_papers_closed_form(method, beta, protected):
+    """Stage II's Cholesky solve of (P M P + beta I) B^T = P K1, with P = I - Q Q^T, and the
+    entity keys taken out of P through Q, give the B of AlphaEdit's solve as written:
+    A^T B^T = P K1 with A = M P + beta I (EMCID's: its own symmetric system); so does the
+    written form it falls back to when Q is more than a quarter of d_k (40 + 5 of 96)."""
+    gen = torch.Generator().manual_seed(3)
+    d, e = 96, 12
+    k1, kp_keys, ent = (torch.randn(d, n, generator=gen, dtype=torch.float64) for n in (e, 150, 5))
+    kp = kp_keys @ kp_keys.T
+    q, _ = torch.linalg.qr(torch.randn(d, protected, generator=gen, dtype=torch.float64))
+    eye = torch.eye(d, dtype=torch.float64)
+    p = eye - q @ q.T
+    u, s_, _ = torch.linalg.svd(p @ ent, full_matrices=False)
+    p = p - u[:, s_ > 1e-6 * s_.max()] @ u[:, s_ > 1e-6 * s_.max()].T  # the entity keys out of P's range
+    q = protect_entity_keys(q, ent)
+    torch.testing.assert_close(eye - q @ q.T, p, rtol=0, atol=1e-12)
+    hp = EditHParams.preset("toyworld", method=method, beta=beta)
+    c0 = kp / 150 + 1e-2 * eye
+    if method == "nullspace":
+        written = torch.linalg.solve(((kp + k1 @ k1.T) @ p + beta * eye).T, p @ k1).T
+    else:
+        written = torch.linalg.solve(hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha * c0 + k1 @ k1.T, k1).T
+    torch.testing.assert_close(right_factor(hp, k1, kp, q, c0), written, rtol=1e-8, atol=1e-10)
 
 
 def test_saved_factors_reproduce_the_edited_weights(world, preserved, tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from common.hashing import directory_hash
-from editing.model import DiffusionModel, ModelLoadError, load_model
+from editing.model import DiffusionModel, ModelLoadError, load_model, resolve_device
+from toyworld.paths import DIFFUSION_DIR
 
 
 def manual_fc2_keys(model: DiffusionModel, prompts, layer: int) -> torch.Tensor:
@@ -139,6 +140,44 @@ def test_missing_model_names_itself(tmp_path):
         load_model(tmp_path)
 
 
+def test_the_device_setting(monkeypatch):
+    """auto is CUDA when torch sees it, else the CPU; a CUDA device that is not there is an
+    error naming the setting, never a silent CPU; FRESHEN_DEVICE is the default."""
+    monkeypatch.delenv("FRESHEN_DEVICE", raising=False)
+    assert resolve_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == torch.device("cuda")
+    else:
+        with pytest.raises(ModelLoadError, match="FRESHEN_DEVICE='cuda:1', but torch sees no CUDA"):
+            resolve_device("cuda:1")
+    with pytest.raises(ModelLoadError, match="'tpu' is not a device"):
+        resolve_device("tpu")
+    monkeypatch.setenv("FRESHEN_DEVICE", "cpu")
+    model = load_model(DIFFUSION_DIR)
+    assert model.device == torch.device("cpu") and model.sample_dtype is None  # float32 sampling on the CPU
+    monkeypatch.setenv("FRESHEN_DEVICE", "no-such-device")
+    with pytest.raises(ModelLoadError, match="no-such-device"):
+        load_model(DIFFUSION_DIR)
+
+
+def test_sampling_in_half_precision_draws_the_same_visuals(toy_model):
+    """Images drawn under autocast (bfloat16 on this CPU: the path float16 takes on CUDA)
+    differ from float32's in some pixels, and the judge sees the same visual in them."""
+    from toyworld.judge import ToyJudge
+    from toyworld.paths import DATA_DIR, JUDGE_DIR
+    from toyworld.world import World
+
+    prompts = [p for p, _ in World.read(DATA_DIR).attribute_prompts()][:16]
+    half = load_model(DIFFUSION_DIR, sample_dtype=torch.bfloat16)
+    a, b = toy_model.generate(prompts, seed=4), half.generate(prompts, seed=4)
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    assert (a != b).any(), "autocast changed nothing: the half-precision path did not run"
+    judge = ToyJudge.from_pretrained(JUDGE_DIR).eval()
+    same = np.mean([x == y for x, y in zip(judge.classify(a), judge.classify(b), strict=True)])
+    assert same >= 0.9, f"only {same:.0%} of the prompts drawn in bfloat16 show the visual float32 draws"
+
+
 # -- a tiny Stable Diffusion pipeline, built from configs (no download) ------------------
 def test_tiny_sd_round_trip(tiny_sd):
     original, path = tiny_sd
@@ -154,6 +193,14 @@ def test_tiny_sd_round_trip(tiny_sd):
     kb, _ = loaded.capture_fc2(prompts, 1)
     torch.testing.assert_close(ka, kb)
     torch.testing.assert_close(kb, manual_fc2_keys(loaded, prompts, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_sd_samples_under_autocast(tiny_sd):
+    _, path = tiny_sd
+    prompts = ["the president of the united states", "a photo of a cat"]
+    full = load_model(path).generate(prompts, seed=0, num_inference_steps=3)
+    half = load_model(path, sample_dtype=torch.bfloat16).generate(prompts, seed=0, num_inference_steps=3)
+    assert half.shape == full.shape and half.dtype == np.uint8 and (half != full).any()
 
 
 def test_tiny_sd_latents_and_noise(tiny_sd):

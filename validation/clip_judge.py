@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from common.errors import InvalidInput
-from editing.model import ModelLoadError, resolve_local
+from editing.model import ModelLoadError, resolve_device, resolve_local
 from editing.requests import normalise
 from validation.evaluate import FactCase, ProbeSet
 
@@ -34,14 +34,15 @@ class ClipJudge:
     against the images of ``reference_dir`` (none: no FID), ``fid_prompts`` prompts drawn."""
 
     def __init__(self, model: str, captions: Sequence[str] = (), reference_dir: str | Path | None = None,
-                 fid_prompts: int = 32, suite=None):
+                 fid_prompts: int = 32, suite=None, device: str | None = None):
         self.captions, self.reference_dir, self.fid_prompts = list(captions), reference_dir, fid_prompts
         self.suite = suite  # a feeds.benchmarks.Benchmark whose prompts join the probes, or None
         from transformers import CLIPModel, CLIPProcessor
 
         path = resolve_local(model)
+        self.device = resolve_device(device)
         try:
-            self.model = CLIPModel.from_pretrained(path).eval()
+            self.model = CLIPModel.from_pretrained(path).eval().to(self.device)
             self.processor = CLIPProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"CLIP judge {model!r} ({path}) could not be loaded as a CLIPModel with "
@@ -64,8 +65,9 @@ class ClipJudge:
         for i in range(0, len(texts), batch_size):
             enc = self.processor(text=list(texts[i:i + batch_size]), return_tensors="pt", padding=True,
                                  truncation=True)
-            t = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-            out.append(t.pooler_output if hasattr(t, "pooler_output") else t)
+            t = self.model.get_text_features(input_ids=enc["input_ids"].to(self.device),
+                                             attention_mask=enc["attention_mask"].to(self.device))
+            out.append((t.pooler_output if hasattr(t, "pooler_output") else t).cpu())
         return nn.functional.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()
@@ -73,8 +75,8 @@ class ClipJudge:
         out = []
         for i in range(0, len(images), batch_size):
             pix = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
-            e = self.model.get_image_features(pixel_values=pix)
-            out.append(e.pooler_output if hasattr(e, "pooler_output") else e)
+            e = self.model.get_image_features(pixel_values=pix.to(self.device))
+            out.append((e.pooler_output if hasattr(e, "pooler_output") else e).cpu())
         return nn.functional.normalize(torch.cat(out), dim=-1)
 
     def classify(self, images: np.ndarray) -> list[str]:

@@ -95,11 +95,12 @@ class Judge(Protocol):
 class ToyWorldJudge:
     """ToyWorld's shipped classifier as the judge, its features for FID, its world for probes."""
 
-    def __init__(self, judge_dir, world_dir):
+    def __init__(self, judge_dir, world_dir, device: str | None = None):
+        from editing.model import resolve_device
         from toyworld.judge import ToyJudge
         from toyworld.world import World
 
-        self.judge = ToyJudge.from_pretrained(judge_dir).eval()
+        self.judge = ToyJudge.from_pretrained(judge_dir).eval().to(resolve_device(device))
         self.world = World.read(world_dir)
 
     def prepare(self, prompts: Sequence[str]) -> None:

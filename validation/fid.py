@@ -22,7 +22,7 @@ class Features(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embed(x.permute(0, 2, 3, 1).cpu().numpy()).double()
+        return self.embed(x.permute(0, 2, 3, 1).cpu().numpy()).cpu().double()
 
 
 def fid(features: Features, real: np.ndarray, fake: np.ndarray) -> float:
