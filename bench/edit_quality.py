@@ -342,9 +342,11 @@ def chart(results: dict, path: Path) -> Path:
               ("fid_increase", "FID change"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        for name, rows in results["methods"].items():
+        for i, (name, rows) in enumerate(results["methods"].items()):
             xs = sorted(int(n) for n in rows)
-            ax.plot(xs, [rows[str(x)][key] for x in xs], marker="o", label=name)
+            # ten colours, then dashed lines with square markers: no two methods look alike
+            ax.plot(xs, [rows[str(x)][key] for x in xs], color=f"C{i % 10}", linestyle="-" if i < 10 else "--",
+                    marker="o" if i < 10 else "s", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("sequential edits")
         ax.set_title(label)

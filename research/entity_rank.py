@@ -1,0 +1,49 @@
+"""How many key directions the entity protection takes out of P as the number of entities
+grows, on the large world's model: for n entities (a seeded sample), the rank (singular
+values above 1e-6 of the largest, ``stage2.protect_entity_keys``' cut) of their keys in the
+preset's entity templates, per edit layer, against d_k. A consolidated solve protects the
+entities of the whole live set; once their keys span d_k, P is 0 and nothing is written.
+Writes research/results/entity_rank.json.
+
+    python -m research.entity_rank
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from editing.hparams import EditHParams
+from editing.keys import compute_entity_ks
+from editing.model import load_model
+from toyworld.paths import world_paths
+from toyworld.world import World
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = (50, 100, 200, 300, 500)
+
+
+def main() -> None:
+    where = world_paths("large")
+    world, model = World.read(where.data_dir), load_model(where.diffusion_dir)
+    hp = EditHParams.preset(model.family)
+    entities = sorted({f.entity for f in world.facts if f.entity})  # concepts have none
+    out: dict = {"command": "python -m research.entity_rank", "d_k": model.fc2(0).in_features,
+                 "entity_templates": hp.entity_templates, "ranks": {}}
+    for n in SIZES:
+        sample = random.Random(0).sample(entities, n)
+        ranks = {}
+        for layer in hp.edit_layers(model.n_layers):
+            s = torch.linalg.svdvals(compute_entity_ks(model, sample, layer, hp.entity_templates).double())
+            ranks[str(layer)] = int((s > 1e-6 * s.max()).sum())
+        out["ranks"][str(n)] = ranks
+        print(json.dumps({"entities": n, "rank_per_layer": ranks}), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "entity_rank.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
