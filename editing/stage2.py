@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -64,32 +64,49 @@ def protect_entity_keys(q: torch.Tensor, entity_keys: torch.Tensor, tol: float =
     return torch.cat([q, u[:, keep]], 1)
 
 
-def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, q: torch.Tensor | None,
-                 c0: torch.Tensor | None, extra_ridge: float = 0.0) -> torch.Tensor:
-    """B (e x d_k) such that Delta = R B; ``extra_ridge`` joins beta I (the update bound).
-    Both forms solve a symmetric positive definite system S B^T = rhs by Cholesky:
-    null space (P = I - Q Q^T): S = P M P + beta I, rhs = P K1 (module docstring, step 4),
-    while Q has at most d_k / 4 columns (beyond that, forming P M P from Q costs more than
-    the non-symmetric solve as written, which is then used); EMCID: S = lambda (1 - alpha) /
-    alpha C0 + K1 K1^T, rhs = K1."""
+@dataclass
+class ClosedForm:
+    """One layer's system for B^T, built once for every ridge tried: ``solve(ridge)`` adds
+    the ridge to the diagonal of ``matrix`` and solves for ``rhs`` (``symmetric``: by
+    Cholesky, ``spd_solve``; else the transposed system, AlphaEdit's A^T B^T = P K1)."""
+    matrix: torch.Tensor
+    rhs: torch.Tensor
+    symmetric: bool
+    ridge: float = 0.0  # the method's own (beta for the null space)
+
+    def solve(self, extra_ridge: float = 0.0) -> torch.Tensor:
+        """B (e x d_k), with ``extra_ridge`` joining the method's ridge (the update bound)."""
+        m = self.matrix.clone()
+        m.diagonal().add_(self.ridge + extra_ridge)
+        return spd_solve(m, self.rhs).T if self.symmetric else torch.linalg.solve(m.T, self.rhs).T
+
+
+def closed_form(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, q: torch.Tensor | None,
+                c0: torch.Tensor | None) -> ClosedForm:
+    """The system whose solution gives B (Delta = R B). Both forms are symmetric positive
+    definite, solved by Cholesky: null space (P = I - Q Q^T): P M P + beta I, rhs P K1 (module
+    docstring, step 4), while Q has at most d_k / 4 columns (beyond that, forming P M P from
+    Q costs more than the non-symmetric solve as written, which is then used); EMCID:
+    lambda (1 - alpha) / alpha C0 + K1 K1^T, rhs K1."""
     if hp.method == "nullspace":
         s = torch.addmm(kp_cov, k1, k1.T)  # M
         rhs = k1 - q @ (q.T @ k1)  # P K1
-        d_k, ridge = s.shape[0], hp.beta + extra_ridge
+        d_k = s.shape[0]
         if q.shape[1] > d_k // 4:
             # many protected directions: P M P from Q would cost more than AlphaEdit's
             # non-symmetric solve as written, A^T B^T = P K1 with A = M P + beta I
-            a = s @ (torch.eye(d_k, dtype=s.dtype) - q @ q.T)
-            a.diagonal().add_(ridge)
-            return torch.linalg.solve(a.T, rhs).T
+            return ClosedForm(s @ (torch.eye(d_k, dtype=s.dtype) - q @ q.T), rhs, False, hp.beta)
         n = s @ q  # P M P = M - Q N^T - N Q^T + Q (Q^T N) Q^T with N = M Q
         s.addmm_(q @ (q.T @ n), q.T).addmm_(q, n.T, alpha=-1).addmm_(n, q.T, alpha=-1)
-        s.diagonal().add_(ridge)
-    else:
-        s = (k1 @ k1.T).add_(c0, alpha=hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha)
-        s.diagonal().add_(extra_ridge)
-        rhs = k1
-    return spd_solve(s, rhs).T
+        return ClosedForm(s, rhs, True, hp.beta)
+    s = (k1 @ k1.T).add_(c0, alpha=hp.emcid_lambda * (1 - hp.emcid_alpha) / hp.emcid_alpha)
+    return ClosedForm(s, k1, True)
+
+
+def right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor, q: torch.Tensor | None,
+                 c0: torch.Tensor | None, extra_ridge: float = 0.0) -> torch.Tensor:
+    """B (e x d_k) such that Delta = R B (``closed_form``); ``extra_ridge`` joins beta I."""
+    return closed_form(hp, k1, kp_cov, q, c0).solve(extra_ridge)
 
 
 def spd_solve(s: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -106,22 +123,24 @@ def bounded_right_factor(hp: EditHParams, k1: torch.Tensor, kp_cov: torch.Tensor
                          w0_norm: float, iterations: int = 40) -> tuple[torch.Tensor, float]:
     """B as ``right_factor``, with the smallest extra ridge (bisection in log space) that
     keeps ||offset + R B||_F <= hp.max_update_norm * ||W0||_F; ``offset`` = W - W0 before
-    this batch. Returns B and the extra ridge (0 when the bound already holds)."""
+    this batch. Returns B and the extra ridge (0 when the bound already holds). The system
+    is built once; each ridge tried is one more solve of it."""
     bound = hp.max_update_norm * w0_norm
-    b = right_factor(hp, k1, kp_cov, q, c0)
+    system = closed_form(hp, k1, kp_cov, q, c0)
+    b = system.solve()
     if (offset + r @ b).norm() <= bound:
         return b, 0.0
     scale = float(torch.diagonal(kp_cov + k1 @ k1.T).mean().clamp_min(1e-12))
     lo, hi = -12.0, 12.0  # log10 of the extra ridge relative to the keys' scale
-    if (offset + r @ right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi)).norm() > bound:
-        return right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi), scale * 10 ** hi  # earlier batches hold it
+    if (offset + r @ system.solve(scale * 10 ** hi)).norm() > bound:
+        return system.solve(scale * 10 ** hi), scale * 10 ** hi  # earlier batches hold it
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if (offset + r @ right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** mid)).norm() > bound:
+        if (offset + r @ system.solve(scale * 10 ** mid)).norm() > bound:
             lo = mid
         else:
             hi = mid
-    return right_factor(hp, k1, kp_cov, q, c0, scale * 10 ** hi), scale * 10 ** hi
+    return system.solve(scale * 10 ** hi), scale * 10 ** hi
 
 
 @torch.no_grad()
