@@ -13,7 +13,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from editing.hparams import EditHParams
+from tests.servers import free_port, wait_for
 
 PROJECT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +98,7 @@ def airflow(tmp_path_factory):
 
 
 def wait(what, check, timeout: float, log: Path):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(3)
-    raise AssertionError(f"timed out waiting for {what}; standalone log tail:\n{log.read_text()[-3000:]}")
+    return wait_for(check, what, timeout, log=log, every=3)
 
 
 def freshen(env, *args) -> str:
