@@ -16,11 +16,13 @@ judge labels images of
   sample, the same for every method at one size and, for the reserved, at every size);
 and FID (judge features) of the attribute and reserved prompts' images against clean
 renders, as the change from the unedited model's. Each row also has the largest
-||W_l - W0_l|| / ||W0_l|| over the edit layers and the Stage I / II seconds so far.
+||W_l - W0_l|| / ||W0_l|| over the edit layers and the Stage I / II seconds so far (a
+consolidated method solves only the versions a checkpoint judges: each is the base plus
+one solve over its live set, so the versions between checkpoints change nothing after).
 
     python -m bench.edit_quality [--world small|large] [--sizes 10,100,1000] [--batch 50]
         [--steps 200] [--seeds 4] [--probe-facts 250] [--seed 0] [--methods preset,...]
-        [--variant NAME=JSON] [--max-edits-for M=N,...]
+        [--variant NAME=JSON] [--max-edits-for M=N,...] [--judge-sizes 1000]
 
 Writes bench/results/edit_quality.json (or --out) after every row, and a chart (PNG)
 beside it at the end.
@@ -44,7 +46,7 @@ from editing.keys import key_moments
 from editing.model import DiffusionModel, load_model
 from editing.requests import EditRequest, Entity
 from editing.stage1 import compute_zs
-from editing.state import EditState
+from editing.state import EditState, LiveFact
 from toyworld.judge import ToyJudge
 from toyworld.paths import world_paths
 from toyworld.world import SELF, Fact, Visual, World
@@ -209,11 +211,13 @@ class _Run:
 def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
         seed: int = 0, out: Path | None = None, command: str = "", max_edits: dict[str, int] | None = None,
         threads: int | None = None, stage1_dir: Path | None = None, probe_facts: int | None = None,
-        resume: dict | None = None) -> dict:
+        resume: dict | None = None, judged: set[int] | None = None) -> dict:
     """Every method on the same stream, size by size (so a stopped run still compares them
     side by side); ``max_edits``: a method stops after that many edits; ``resume``: the rows
     of an earlier run of the same configuration, kept instead of measured again (the chains
-    are replayed up to them: Stage II from the cached Stage I targets, no evaluation)."""
+    are replayed up to them: Stage II from the cached Stage I targets, no evaluation);
+    ``judged``: the sizes judged (None: all); the others still cut the stream into its
+    segments, so batches and their cached Stage I targets are those of the full run."""
     where = world_paths(world_name)
     world = World.read(where.data_dir)
     judge = ToyJudge.from_pretrained(where.judge_dir).eval()
@@ -232,8 +236,8 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
         "command": command, "preset": "preset", "preset_hparams": preset.to_json(), "seed": seed,
         "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
                   "facts": len(world.facts), "editable_facts": len(pool), "reserved_facts": len(reserved)},
-        "config": {"sizes": sizes, "batch_size": batch_size, "stage1_steps": steps, "seeds": seeds,
-                   "probe_facts": probe_facts,
+        "config": {"sizes": sizes, "judged": sorted(judged) if judged else sizes, "batch_size": batch_size,
+                   "stage1_steps": steps, "seeds": seeds, "probe_facts": probe_facts,
                    "max_edits": max_edits or {}, "threads": threads or torch.get_num_threads()},
         "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {},
     }
@@ -248,19 +252,29 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
             if max_edits and n > max_edits.get(name, n):
                 continue
             norms = r.rows[max(r.rows, key=int)]["update_norm_per_layer"] if r.rows else {}
-            for batch in batches(stream[r.done:n], batch_size):
+            segment = batches(stream[r.done:n], batch_size)
+            for b, batch in enumerate(segment):
                 reqs = [request_for(world, by_id[i], v) for i, v in batch]
-                live = [p for i in r.current for p in (by_id[i].prompt, *by_id[i].paraphrases)]
                 layers = r.hp.edit_layers(base.n_layers)
-                pres = preservation(base, layers, captions, r.hp, requests=reqs,
-                                    live=live, moments=moments[r.hp.c0_skip_bos])
                 # Stage I is anchored to the base: the same batch with the same Stage I settings
                 # gives the same targets for every method, so it runs once
                 key = json.dumps([batch_key(batch), r.hp.stage1_settings()])
                 t0 = time.perf_counter()
                 if key not in stage1_cache:
-                    stage1_cache[key] = _stage1(base, reqs, r.hp, layers[-1], key, stage1_dir)
+                    stage1_cache[key] = stage1_targets(base, reqs, r.hp, layers[-1], key, stage1_dir)
                     r.t1 += time.perf_counter() - t0
+                if r.hp.mode == "consolidate" and b < len(segment) - 1:
+                    # a consolidated version is the base plus one solve over its live set: a
+                    # version no checkpoint looks at need not be solved (the next solve is
+                    # the same without it)
+                    r.state = r.state.with_facts([LiveFact(q.id, q.source, z, tuple(q.entities))
+                                                  for q, z in zip(reqs, stage1_cache[key].detach().float(),
+                                                                  strict=True)])
+                    r.current.update(dict(batch))
+                    continue
+                live = [p for i in r.current for p in (by_id[i].prompt, *by_id[i].paraphrases)]
+                pres = preservation(base, layers, captions, r.hp, requests=reqs,
+                                    live=live, moments=moments[r.hp.c0_skip_bos])
                 t0 = time.perf_counter()
                 e = apply_targets(r.model, reqs, stage1_cache[key], r.hp, r.state, pres)
                 r.t2 += time.perf_counter() - t0
@@ -268,6 +282,8 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
                 r.current.update(dict(batch))
                 norms = e.meta.get("update_norm", {})
             r.done = n
+            if judged is not None and n not in judged:
+                continue
             earlier = (resume or {}).get("methods", {}).get(name, {}).get(str(n))
             if earlier is not None:
                 r.rows[str(n)] = earlier
@@ -310,8 +326,8 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     return {**results, "complete": True}
 
 
-def _stage1(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, layer: int, key: str,
-            cache: Path | None) -> torch.Tensor:
+def stage1_targets(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, layer: int, key: str,
+                   cache: Path | None) -> torch.Tensor:
     """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given."""
     import hashlib
 
@@ -377,6 +393,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help='another method: overrides of the preset, e.g. energy-b01=\'{"nullspace_mode": "energy", '
                          '"beta": 0.1}\' (then name it in --methods)')
+    ap.add_argument("--judge-sizes", default="",
+                    help="judge only at these of --sizes (default: all); the others still cut the stream "
+                         "into the same batches, so a Stage I cache of the full run applies")
     ap.add_argument("--max-edits-for", default="", help="METHOD=N,...: stop a method after N edits")
     ap.add_argument("--out", type=Path, default=RESULTS / "edit_quality.json")
     ap.add_argument("--resume", action="store_true",
@@ -397,6 +416,8 @@ def main() -> None:
     command += "".join(f" --variant '{v}'" for v in args.variant)
     if args.max_edits_for:
         command += f" --max-edits-for {args.max_edits_for}"
+    if args.judge_sizes:
+        command += f" --judge-sizes {args.judge_sizes}"
     resume = None
     if args.resume and args.out.is_file():
         resume = json.loads(args.out.read_text())
@@ -405,7 +426,8 @@ def main() -> None:
     t0 = time.time()
     results = run(args.world, [int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
                   args.methods.split(","), seed=args.seed, out=args.out, command=command, max_edits=max_edits,
-                  stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None, resume=resume)
+                  stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None, resume=resume,
+                  judged={int(s) for s in args.judge_sizes.split(",")} if args.judge_sizes else None)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} and {chart(results, args.out.with_suffix('.png'))}")

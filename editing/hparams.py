@@ -72,6 +72,14 @@ class EditHParams:
     max_update_norm: float = 0.0
     protect_entities: bool = False  # add entity keys to the preserved set (beyond the papers)
     entity_templates: list[str] = field(default_factory=lambda: ["{}", "a photo of {}"])
+    # with protect_entities: the share of the entity keys' energy inside P whose directions
+    # leave P's range (1.0 = every direction they span). A consolidated solve protects the
+    # entities of the whole live set, whose keys span all of d_k from a few hundred
+    # entities on (research/results/entity_rank.json); a cut keeps P from closing
+    entity_energy: float = 1.0
+    # soft entity preservation (beyond the papers): the entity keys join Kp Kp^T with this
+    # weight, held in proportion to their energy instead of taken out of P. 0 = off
+    entity_weight: float = 0.0
     # soft preservation (beyond the papers): for one batch, the keys at the mentions of its
     # NER entities in corpus captions that contain no batch source ("the flag of X" while
     # "the logo of X" changes) join Kp Kp^T with this weight; at most mention_max captions
@@ -108,6 +116,10 @@ class EditHParams:
             raise InvalidInput(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:
             raise InvalidInput("hparams.mention_weight and hparams.mention_max must be >= 0")
+        if not 0.0 < self.entity_energy <= 1.0:
+            raise InvalidInput(f"hparams.entity_energy: {self.entity_energy} must be in (0, 1]")
+        if self.entity_weight < 0:
+            raise InvalidInput("hparams.entity_weight must be >= 0")
         if self.c0_weight < 0:
             raise InvalidInput("hparams.c0_weight must be >= 0")
         if "{}" not in self.context_templates[0]:

@@ -23,6 +23,9 @@ it is now (``EditState.live``, a ``SubjectStream`` moving up with the edit), plu
 ``hp.mention_weight``, the keys at the batch entities'
 mentions in the corpus (``keys.entity_mentions``; soft preservation, beyond the papers; with
 ``hp.protect_mentions`` their leading directions also leave P's range: hard preservation),
+plus, with ``hp.entity_weight``, that multiple of the batch entities' keys (soft entity
+preservation; ``hp.protect_entities`` takes them out of P's range instead, all of them or,
+with ``hp.entity_energy`` < 1, the directions holding that share of their energy),
 plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
 papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
@@ -187,16 +190,19 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             delta = targets - cur.view(len(requests), n_t, -1).mean(1)
             targets = cur + delta.repeat_interleave(n_t, 0)
         r = ((targets - cur) / (len(layers) - i)).T
-        q = None
-        if hp.method == "nullspace":
-            q = preserved.protected[layer]  # Q: P = I - Q Q^T
-            if hp.protect_entities and entities:
-                q = protect_entity_keys(q, compute_entity_ks(model, entities, layer, hp.entity_templates))
+        q = preserved.protected[layer] if hp.method == "nullspace" else None  # Q: P = I - Q Q^T
+        ke = None  # the batch entities' keys on the model as edited so far
+        if entities and hp.method == "nullspace" and (hp.protect_entities or hp.entity_weight > 0):
+            ke = compute_entity_ks(model, entities, layer, hp.entity_templates).double()
+            if hp.protect_entities:
+                q = protect_entity_keys(q, ke, energy=hp.entity_energy)
         if hp.refresh_kp:
             kl = live_keys.states(key_layer=layer)[0].double() if live_keys is not None else k1[:, :0]
             kp = kl @ kl.T
         else:
             kp = state.kp(layer, k1.shape[0], replacing=sources)
+        if hp.entity_weight > 0 and ke is not None:
+            kp = kp + hp.entity_weight * ke @ ke.T
         if mentions is not None:  # keys on the model as it is now: the layers below already edited
             km = mentions.keys(layer).double()
             kp = kp + hp.mention_weight * km @ km.T

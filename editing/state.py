@@ -155,6 +155,15 @@ class EditState:
         gone = {normalise(s) for s in sources}
         return replace(self, live={k: f for k, f in self.live.items() if k not in gone})
 
+    def with_facts(self, facts: Sequence[LiveFact]) -> EditState:
+        """The same state with ``facts`` landed in the live set, in order (a revision replaces
+        its source's earlier fact and moves to the end); Kp Kp^T untouched."""
+        live = dict(self.live)
+        for f in facts:
+            live.pop(normalise(f.source), None)
+            live[normalise(f.source)] = f
+        return replace(self, live=live, n_edits=self.n_edits + len(facts))
+
     def kp(self, layer: int, d_k: int, replacing: Sequence[str] = ()) -> torch.Tensor:
         """Kp Kp^T at ``layer``, less the earlier keys of the sources in ``replacing``."""
         cov = self.cov.get(layer, torch.zeros(d_k, d_k, dtype=torch.float64))
@@ -170,12 +179,14 @@ class EditState:
         Kp Kp^T and replace those of its sources' earlier changes. An edit saved without
         its keys needs ``model``, with the chain up to this edit applied."""
         tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
-        live = {} if edit.from_base else dict(self.live)  # a consolidated edit holds the whole live set
+        # a consolidated edit holds the whole live set
+        landed = EditState(live={}) if edit.from_base else EditState(live=self.live)
         if edit.targets is not None and tracked:
-            for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True)):
-                live.pop(normalise(source), None)  # a revision moves to the end
-                ents = tuple(Entity(**d) for d in edit.entities[i]) if edit.entities else ()
-                live[normalise(source)] = LiveFact(rid, source, edit.targets[i], ents)
+            landed = landed.with_facts([
+                LiveFact(rid, source, edit.targets[i],
+                         tuple(Entity(**d) for d in edit.entities[i]) if edit.entities else ())
+                for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True))])
+        live = landed.live
         if edit.from_base:  # no Kp: the next consolidated solve starts from the base again
             return EditState(live=live, n_edits=self.n_edits + edit.size)
         if not edit.has_keys:

@@ -1,7 +1,8 @@
 """How many key directions the entity protection takes out of P as the number of entities
 grows, on the large world's model: for n entities (a seeded sample), the rank (singular
 values above 1e-6 of the largest, ``stage2.protect_entity_keys``' cut) of their keys in the
-preset's entity templates, per edit layer, against d_k. A consolidated solve protects the
+preset's entity templates, per edit layer, against d_k, and how many leading directions
+hold 90% and 99% of their energy (what ``hparams.entity_energy`` would take out of P). A consolidated solve protects the
 entities of the whole live set; once their keys span d_k, P is 0 and nothing is written.
 Writes research/results/entity_rank.json.
 
@@ -24,6 +25,7 @@ from toyworld.world import World
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (50, 100, 200, 300, 500)
+ENERGIES = (0.9, 0.99)
 
 
 def main() -> None:
@@ -32,15 +34,20 @@ def main() -> None:
     hp = EditHParams.preset(model.family)
     entities = sorted({f.entity for f in world.facts if f.entity})  # concepts have none
     out: dict = {"command": "python -m research.entity_rank", "d_k": model.fc2(0).in_features,
-                 "entity_templates": hp.entity_templates, "ranks": {}}
+                 "entity_templates": hp.entity_templates, "ranks": {},
+                 "directions_holding_energy": {}}
     for n in SIZES:
         sample = random.Random(0).sample(entities, n)
-        ranks = {}
+        ranks, energy = {}, {}
         for layer in hp.edit_layers(model.n_layers):
             s = torch.linalg.svdvals(compute_entity_ks(model, sample, layer, hp.entity_templates).double())
             ranks[str(layer)] = int((s > 1e-6 * s.max()).sum())
+            share = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
+            energy[str(layer)] = {str(e): int(torch.searchsorted(share, torch.tensor(e, dtype=share.dtype))) + 1
+                                  for e in ENERGIES}
         out["ranks"][str(n)] = ranks
-        print(json.dumps({"entities": n, "rank_per_layer": ranks}), flush=True)
+        out["directions_holding_energy"][str(n)] = energy
+        print(json.dumps({"entities": n, "rank_per_layer": ranks, "directions_holding_energy": energy}), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "entity_rank.json").write_text(json.dumps(out, indent=1) + "\n")
 

@@ -327,20 +327,37 @@ def test_same_seed_same_edit(world, preserved):
 
 
 def test_entity_protection_keeps_the_entity_closer(world, preserved):
-    """An edit of "the logo of X" with entity keys in the preserved set moves the embedding
-    of "X" alone less than the same edit without them."""
+    """An edit of "the logo of X" moves the embedding of "X" alone less with the entity keys
+    preserved than without: out of P's range (every direction they span, or with
+    ``entity_energy`` those holding 90% of their energy) or held in Kp Kp^T
+    (``entity_weight``)."""
     reqs = [request(world, i, "a white cross") for i in (0, 3, 6)]
     entity_prompts = [r.entities[0].text for r in reqs]
     ref = fresh().encode(entity_prompts).hidden
 
-    def moved(protect: bool) -> float:
+    def moved(**hp_) -> float:
         model = fresh()
-        hp = EditHParams.preset("toyworld", **FAST, protect_entities=protect)
-        pres = preservation(model, model.default_edit_layers, world.captions(), hp) if protect else preserved
-        edit(model, reqs, hp=hp, preserved=pres)
+        edit(model, reqs, hp=EditHParams.preset("toyworld", **FAST, **hp_), preserved=preserved)
         return float((model.encode(entity_prompts).hidden - ref).norm())
 
-    assert moved(True) < moved(False)
+    plain = moved(protect_entities=False)
+    hard, cut = moved(protect_entities=True), moved(protect_entities=True, entity_energy=0.9)
+    soft = moved(protect_entities=False, entity_weight=1.0)
+    assert max(hard, cut, soft) < plain, (plain, hard, cut, soft)
+
+
+def test_entity_energy_keeps_the_leading_directions():
+    """``protect_entity_keys`` with ``energy``: the directions it adds to Q are the fewest
+    leading ones of P K that hold that share of its energy, orthonormal to Q."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.linalg.qr(torch.randn(32, 4, generator=g, dtype=torch.float64))[0]
+    k = torch.randn(32, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 12, dtype=torch.float64)
+    full, cut = protect_entity_keys(q, k), protect_entity_keys(q, k, energy=0.9)
+    assert full.shape[1] == 4 + 12 and 4 < cut.shape[1] < full.shape[1]
+    torch.testing.assert_close(cut.T @ cut, torch.eye(cut.shape[1], dtype=torch.float64))
+    pk = k - q @ (q.T @ k)
+    share = lambda u: float((u.T @ pk).norm() ** 2 / pk.norm() ** 2)  # noqa: E731
+    assert share(cut[:, 4:]) >= 0.9 > share(cut[:, 4:-1])
 
 
 def test_soft_and_hard_preservation_hold_the_entity_mentions(world, preserved):
