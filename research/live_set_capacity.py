@@ -35,6 +35,8 @@ SETTINGS = {  # overrides of the ToyWorld preset, each in consolidate mode
     "entities out of P (preset)": {},
     "entities out of P, 90% of their energy": {"entity_energy": 0.9},
     "entities in Kp (weight 1)": {"protect_entities": False, "entity_weight": 1.0},
+    "entities in Kp (weight 0.3)": {"protect_entities": False, "entity_weight": 0.3},
+    "entities in Kp (weight 0.1)": {"protect_entities": False, "entity_weight": 0.1},
     "no entity protection": {"protect_entities": False},
     "no entity protection, beta 0.03": {"protect_entities": False, "beta": 0.03},
     "no entity protection, no null space": {"protect_entities": False, "nullspace_mode": "none"},
