@@ -180,7 +180,7 @@ class EditState:
         its keys needs ``model``, with the chain up to this edit applied."""
         tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
         # a consolidated edit holds the whole live set
-        landed = EditState(live={}) if edit.from_base else EditState(live=self.live)
+        landed = EditState(live={}) if edit.from_base else EditState(live=dict(self.live))
         if edit.targets is not None and tracked:
             landed = landed.with_facts([
                 LiveFact(rid, source, edit.targets[i],
