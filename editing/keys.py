@@ -248,6 +248,13 @@ def protected_basis(c0: torch.Tensor, mode: str, threshold: float) -> torch.Tens
     return evecs[:, ~keep].contiguous()
 
 
+def directions_holding(s: torch.Tensor, energy: float) -> int:
+    """How many leading singular values of ``s`` (descending) it takes to hold ``energy``
+    of their total energy, sum s^2."""
+    share = torch.cumsum(s ** 2, 0) / (s ** 2).sum().clamp_min(1e-30)
+    return int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype))) + 1
+
+
 def protected_share(c0: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
     """What a projection P leaves protected of C0: the rank of I - P and the share of C0's
     energy (trace) outside P's range."""

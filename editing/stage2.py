@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import SpanStream, SubjectStream, compute_entity_ks, entity_mentions
+from editing.keys import SpanStream, SubjectStream, compute_entity_ks, directions_holding, entity_mentions
 from editing.model import DiffusionModel
 from editing.preservation import Preservation, fact_prompts
 from editing.requests import EditRequest
@@ -62,8 +62,7 @@ def protect_entity_keys(q: torch.Tensor, entity_keys: torch.Tensor, tol: float =
     u, s, _ = torch.linalg.svd(pk, full_matrices=False)
     keep = s > tol * s.max().clamp_min(1e-30)
     if energy < 1.0:
-        share = torch.cumsum(s ** 2, 0) / (s ** 2).sum().clamp_min(1e-30)
-        keep &= torch.arange(len(s)) <= int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)))
+        keep &= torch.arange(len(s)) < directions_holding(s, energy)
     return torch.cat([q, u[:, keep]], 1)
 
 

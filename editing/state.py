@@ -179,14 +179,12 @@ class EditState:
         Kp Kp^T and replace those of its sources' earlier changes. An edit saved without
         its keys needs ``model``, with the chain up to this edit applied."""
         tracked = len(edit.sources) == edit.size  # edits saved before sources were recorded: no replacing
+        landed = [LiveFact(rid, source, edit.targets[i],
+                           tuple(Entity(**d) for d in edit.entities[i]) if edit.entities else ())
+                  for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True))
+                  ] if edit.targets is not None and tracked else []
         # a consolidated edit holds the whole live set
-        landed = EditState(live={}) if edit.from_base else EditState(live=dict(self.live))
-        if edit.targets is not None and tracked:
-            landed = landed.with_facts([
-                LiveFact(rid, source, edit.targets[i],
-                         tuple(Entity(**d) for d in edit.entities[i]) if edit.entities else ())
-                for i, (rid, source) in enumerate(zip(edit.request_ids, edit.sources, strict=True))])
-        live = landed.live
+        live = (EditState() if edit.from_base else self).with_facts(landed).live
         if edit.from_base:  # no Kp: the next consolidated solve starts from the base again
             return EditState(live=live, n_edits=self.n_edits + edit.size)
         if not edit.has_keys:

@@ -2,8 +2,9 @@
 grows, on the large world's model: for n entities (a seeded sample), the rank (singular
 values above 1e-6 of the largest, ``stage2.protect_entity_keys``' cut) of their keys in the
 preset's entity templates, per edit layer, against d_k, and how many leading directions
-hold 90% and 99% of their energy (what ``hparams.entity_energy`` would take out of P). A consolidated solve protects the
-entities of the whole live set; once their keys span d_k, P is 0 and nothing is written.
+hold 90% and 99% of their energy (what ``hparams.entity_energy`` would take out of P). A
+consolidated solve protects the entities of the whole live set; once their keys span d_k,
+P is 0 and nothing is written.
 Writes research/results/entity_rank.json.
 
     python -m research.entity_rank
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import compute_entity_ks
+from editing.keys import compute_entity_ks, directions_holding
 from editing.model import load_model
 from toyworld.paths import world_paths
 from toyworld.world import World
@@ -42,9 +43,7 @@ def main() -> None:
         for layer in hp.edit_layers(model.n_layers):
             s = torch.linalg.svdvals(compute_entity_ks(model, sample, layer, hp.entity_templates).double())
             ranks[str(layer)] = int((s > 1e-6 * s.max()).sum())
-            share = torch.cumsum(s ** 2, 0) / (s ** 2).sum()
-            energy[str(layer)] = {str(e): int(torch.searchsorted(share, torch.tensor(e, dtype=share.dtype))) + 1
-                                  for e in ENERGIES}
+            energy[str(layer)] = {str(e): directions_holding(s, e) for e in ENERGIES}
         out["ranks"][str(n)] = ranks
         out["directions_holding_energy"][str(n)] = energy
         print(json.dumps({"entities": n, "rank_per_layer": ranks, "directions_holding_energy": energy}), flush=True)

@@ -70,20 +70,23 @@ def main() -> None:
     moments = key_moments(base, layers, world.captions(), skip_bos=preset.c0_skip_bos)  # C0 by subtraction
     out: dict = {"command": f"python -m research.live_set_capacity --edits {args.edits}", "edits": args.edits,
                  "live_facts": len(reqs), "d_k": base.fc2(0).in_features, "settings": {}}
+    keys = SubjectStream(base, [q.source for q in reqs], preset.context_templates)
+    base_keys = {layer: keys.states(key_layer=layer)[0] for layer in layers}  # the live keys on the base
+    kept: dict = {}  # C0 and P, per null-space mode (no other setting changes them)
     for name, overrides in SETTINGS.items():
         hp = EditHParams.from_json(preset.to_json() | overrides)
-        pres = preservation(base, layers, world.captions(), hp, requests=reqs, moments=moments)
+        if hp.nullspace_mode not in kept:
+            kept[hp.nullspace_mode] = preservation(base, layers, world.captions(), hp, requests=reqs, moments=moments)
+        pres = kept[hp.nullspace_mode]
         model = load_model(where.diffusion_dir)
         t0 = time.perf_counter()
         e = apply_targets(model, reqs, zs, hp, EditState(), pres)
         seconds = time.perf_counter() - t0
         h = compute_hs(model, reqs, layers[-1], hp.context_templates)
         reached = 1 - (zs - h).norm(dim=1) / (zs - h_base).norm(dim=1).clamp_min(1e-12)
-        keys = SubjectStream(base, [q.source for q in reqs], hp.context_templates)
         free = {}
         for layer in layers:
-            pk = pres.project(layer, keys.states(key_layer=layer)[0])
-            s = torch.linalg.svdvals(pk)
+            s = torch.linalg.svdvals(pres.project(layer, base_keys[layer]))
             # P as C0 cuts it (the entity protection takes more out inside the solve)
             free[str(layer)] = {"free_directions": int(base.fc2(layer).in_features - pres.protected[layer].shape[1]),
                                 "live_key_rank_in_P": int((s > 1e-6 * s.max()).sum())}
