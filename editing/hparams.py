@@ -14,7 +14,7 @@ METHODS = ("nullspace", "emcid")
 NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
 KEY_COLUMNS = ("mean", "per_template")
 MODES = ("sequential", "consolidate")
-H_TRACKING = ("exact", "direct")
+H_TRACKING = ("exact", "direct", "stream")
 
 
 @dataclass
@@ -52,8 +52,14 @@ class EditHParams:
     # layer forwards for m edit layers); "direct" runs it once, then adds each edited layer's
     # own change at the subject (Delta_l K1_l, carried up the residual stream), leaving out
     # what the layers in between make of it, and reads h exactly again before the last edit
-    # layer, which then writes all that is left (about 2m layer forwards; docs/editing.md)
+    # layer, which then writes all that is left (about 2m layer forwards; docs/editing.md);
+    # "stream" runs it once too, and takes h as it was before the batch plus the change the
+    # stream shows leaving the layer just run (what the layers edited so far make of the
+    # batch up to there), reading h exactly at the first edit layer and the top
+    # ``h_exact_top`` ones (the cheap reads: the top k cost k(k+1)/2 layer forwards; 0 =
+    # as many as one forward of the encoder pays for, ``exact_top``)
     h_tracking: str = "exact"
+    h_exact_top: int = 0
     # K1's columns: "mean" = one key per fact averaged over the context templates (MEMIT,
     # EMCID); "per_template" = one key per (fact, template), each with the fact's Stage I
     # delta as its target (beyond the papers; see docs/editing.md)
@@ -112,6 +118,8 @@ class EditHParams:
             raise InvalidInput("hparams.max_update_norm must be >= 0 (0 = no bound)")
         if self.h_tracking not in H_TRACKING:
             raise InvalidInput(f"hparams.h_tracking: {self.h_tracking!r} is not one of {H_TRACKING}")
+        if self.h_exact_top < 0:
+            raise InvalidInput("hparams.h_exact_top must be >= 0 (0: as many as one forward pays for)")
         if self.residual != "memit":
             raise InvalidInput(f"hparams.residual: only 'memit' is implemented, got {self.residual!r}")
         if self.mention_weight < 0 or self.mention_max < 0:
@@ -139,6 +147,18 @@ class EditHParams:
         if not layers or layers[0] < 0 or layers[-1] >= n_layers:
             raise InvalidInput(f"hparams.layers: {self.layers} must be within 0..{n_layers - 1}")
         return layers
+
+    def exact_top(self, n_layers: int) -> int:
+        """How many of the top edit layers read h exactly with ``h_tracking="stream"``:
+        ``h_exact_top``, or with 0 the most whose reads cost at most one forward of the
+        encoder's ``n_layers`` layers (the top k cost 1 + 2 + ... + k = k(k+1)/2 layer
+        forwards: 3 of ToyWorld's 6 layers, 4 of SD 1.4's 12)."""
+        if self.h_exact_top:
+            return self.h_exact_top
+        k = 1
+        while (k + 1) * (k + 2) // 2 <= n_layers:
+            k += 1
+        return k
 
     def to_json(self) -> dict:
         return asdict(self)

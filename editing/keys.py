@@ -64,14 +64,16 @@ class SubjectStream:
         return at if self.columns == "per_template" else at.view(*self.shape, -1).mean(1)
 
     @torch.no_grad()
-    def states(self, key_layer: int | None = None, out_layer: int | None = None
-               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def states(self, key_layer: int | None = None, out_layer: int | None = None,
+               every: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """K1 (d_k x e) of ``key_layer`` and h (e x d) leaving ``out_layer`` (either may be
         None), on the model as it is now, on the CPU (the closed form's algebra runs there);
-        the layers below the lower of the two must not change afterwards."""
+        the layers below the lower of the two must not change afterwards. ``every`` receives
+        h leaving each layer run on the way, by layer."""
         wanted = [layer for layer in (key_layer, out_layer) if layer is not None]
         self.stream.advance_to(min(wanted))
-        keys, hidden = self.stream.run(key_layer, max(wanted))
+        each = None if every is None else lambda layer, hidden: every.update({layer: self._at_subjects(hidden).cpu()})
+        keys, hidden = self.stream.run(key_layer, max(wanted), each)
         return (None if key_layer is None else self._at_subjects(keys).T.cpu(),
                 None if out_layer is None else self._at_subjects(hidden).cpu())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,11 +84,18 @@ class ResidualStream:
     encoder, with the arguments the encoder passes every layer (its causal mask). Stage II
     edits layers in ascending order, and an edit at layer l changes nothing below l, so it
     walks this stream up one layer per edited layer instead of re-encoding the prompts from
-    the embeddings at every layer."""
+    the embeddings at every layer.
+
+    A run that reads the keys of the layer the stream is at also keeps that layer's output,
+    its fc2 inputs and fc2's weight: Stage II then changes only that weight, and fc2 is
+    linear, so the stream steps past the edited layer as that output plus keys @ (W - W_run)^T
+    (a third of the layer's work) instead of running the layer again."""
 
     def __init__(self, model: DiffusionModel, hidden: torch.Tensor, args: tuple, kwargs: dict):
         self.model, self.hidden, self._args, self._kwargs = model, hidden, args, kwargs
         self.at = 0
+        # (layer, its output, its fc2 inputs, its fc2 weight) from the last run at ``at``
+        self._ahead: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _layer(self, i: int, hidden: torch.Tensor) -> torch.Tensor:
         out = self.model.layers[i](hidden, *self._args, **self._kwargs)
@@ -97,16 +104,24 @@ class ResidualStream:
     @torch.no_grad()
     def advance_to(self, layer: int) -> None:
         """Move the stored stream up to the input of ``layer`` (through the layers as they
-        are now)."""
+        are now; of a layer run since the stream reached it, only fc2's weight may have
+        changed)."""
         while self.at < layer:
-            self.hidden = self._layer(self.at, self.hidden)
+            if self._ahead is not None and self._ahead[0] == self.at:
+                _, out, keys, weight = self._ahead
+                self.hidden = out + keys @ (self.model.fc2(self.at).weight - weight).T
+            else:
+                self.hidden = self._layer(self.at, self.hidden)
+            self._ahead = None
             self.at += 1
 
     @torch.no_grad()
-    def run(self, key_layer: int | None, out_layer: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def run(self, key_layer: int | None, out_layer: int,
+            each: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """From the stored stream (``at <= key_layer <= out_layer``): the fc2 input of
         ``key_layer`` (n, L, d_k; None without a key layer) and the stream leaving
-        ``out_layer`` (n, L, d), for every token. The stored stream does not move."""
+        ``out_layer`` (n, L, d), for every token; ``each(layer, output)`` sees the stream
+        leaving every layer run. The stored stream does not move."""
         lowest = out_layer if key_layer is None else key_layer
         if not self.at <= lowest <= out_layer:
             raise ValueError(f"stream at layer {self.at} cannot give keys of {key_layer} and output of {out_layer}")
@@ -114,6 +129,10 @@ class ResidualStream:
         with self.model.capturing_fc2(key_layer) if key_layer is not None else nullcontext({}) as got:
             for i in range(self.at, out_layer + 1):
                 hidden = self._layer(i, hidden)
+                if each is not None:
+                    each(i, hidden)
+                if i == key_layer == self.at:
+                    self._ahead = (i, hidden, got["keys"], self.model.fc2(i).weight.detach().clone())
         return got.get("keys"), hidden
 
 

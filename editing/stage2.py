@@ -4,9 +4,12 @@ For each edit layer l, ascending (i = 0..m-1):
   1. K1 = compute_ks(l) on the model with the layers below already edited (read off one
      residual stream that moves up with the edit, ``keys.SubjectStream``);
   2. R = (Z - h_last) / (m - i)                        (MEMIT's spread of the residual);
-     h_last read on the model as edited so far (``hp.h_tracking="exact"``) or, with
-     "direct", h_last of the first layer plus each edited layer's Delta K1, read exactly
-     again at the last edit layer (which writes all that is left: i = m - 1);
+     h_last read on the model as edited so far (``hp.h_tracking="exact"``); with "stream",
+     read so at the first edit layer and the top ``hp.exact_top`` ones, and between them
+     h_last before the batch plus h leaving layer l now less h leaving it before the batch
+     (the stream is run through l for K1 anyway: no extra forward); with "direct", h_last
+     of the first layer plus each edited layer's Delta K1, read exactly again at the last
+     edit layer (which writes all that is left: i = m - 1);
      with ``key_columns="per_template"`` K1 has a column per (fact, template) and Z a
      target per column: that template's h_last before the batch plus the fact's delta;
   3. P = null-space projection of C0, kept as I - Q Q^T (keys.protected_basis);
@@ -174,14 +177,22 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     live = state.live_facts(replacing=sources) if hp.refresh_kp else []
     live_keys = SubjectStream(model, [f.source for f in live], templates, hp.key_columns) if live else None
     targets = zs.double()
-    cur = None
+    start, before = None, {}  # h, and h leaving each layer, before the batch ("stream")
+    # the first edit layer at which h is read exactly again (the first one always is)
+    exact_from = {"exact": 0, "direct": len(layers) - 1,
+                  "stream": len(layers) - hp.exact_top(model.n_layers)}[hp.h_tracking]
     for i, layer in enumerate(layers):
-        if cur is None or hp.h_tracking == "exact" or layer == last:
-            k1, cur = subjects.states(key_layer=layer, out_layer=last)
+        if i == 0 or i >= exact_from:
+            k1, cur = subjects.states(key_layer=layer, out_layer=last, every=before if i == 0 else None)
             k1, cur = k1.double(), cur.double()
-        else:  # h moved by the layer just edited, at the subject: its Delta K1 (hp.h_tracking "direct")
+            if i == 0:
+                start = cur  # h before the batch
+        elif hp.h_tracking == "direct":  # h moved by the layer just edited, at the subject: its Delta K1
             cur = cur + (out[layers[i - 1]].r.double() @ (out[layers[i - 1]].b.double() @ k1)).T
             k1 = subjects.states(key_layer=layer)[0].double()
+        else:  # "stream": h before the batch plus the change leaving this layer so far
+            k1, here = subjects.states(key_layer=layer, out_layer=layer)
+            k1, cur = k1.double(), start + (here.double() - before[layer].double())
         if i == 0 and hp.key_columns == "per_template":
             # Stage I's z_i = mean_t h_it + delta_i, and delta_i was added at every template:
             # template t of fact i aims at h_it + delta_i (nothing of the batch is applied yet)
