@@ -183,7 +183,8 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
                   "stream": len(layers) - hp.exact_top(model.n_layers)}[hp.h_tracking]
     for i, layer in enumerate(layers):
         if i == 0 or i >= exact_from:
-            k1, cur = subjects.states(key_layer=layer, out_layer=last, every=before if i == 0 else None)
+            keep = before if i == 0 and hp.h_tracking == "stream" else None
+            k1, cur = subjects.states(key_layer=layer, out_layer=last, every=keep)
             k1, cur = k1.double(), cur.double()
             if i == 0:
                 start = cur  # h before the batch
