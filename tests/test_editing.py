@@ -460,13 +460,15 @@ def test_hparams_presets_and_json(tmp_path):
     assert EditHParams(h_exact_top=1).exact_top(12) == 1 and sd.h_tracking == "stream"
 
 
-@pytest.mark.parametrize("reads", ["exact", "direct"])
+@pytest.mark.parametrize("reads", ["exact", "direct", "stream"])
 def test_stage2_stream_equals_fresh_encodings_as_layers_change(world, reads):
     """Stage II reads K1 and h off one residual stream walked up with the edit; after each
     layer is changed they must equal what a full re-encoding of the prompts gives. Each
     layer runs once per read that needs it: stepping past an edited layer adds its fc2's
-    change to the output the read kept (``reads``: h at every layer, as ``h_tracking``
-    "exact"; or keys alone between the first layer and the last, as "direct")."""
+    change to the output the read kept (``reads``: h at the last edit layer from every
+    layer, as ``h_tracking`` "exact"; between the first layer and the last, keys alone, as
+    "direct", or keys and h leaving the key layer, as "stream", with h leaving every layer
+    of the first read kept by ``every``)."""
     model, hp = fresh(), EditHParams()  # three context templates: averages over them too
     reqs = [request(world, i, "a red circle") for i in range(4)]
     layers, last = model.default_edit_layers, model.default_edit_layers[-1]
@@ -477,9 +479,9 @@ def test_stage2_stream_equals_fresh_encodings_as_layers_change(world, reads):
         prompts, [s for r in reqs for s in r.subject_spans(hp.context_templates)]))
     rows = torch.arange(len(prompts))
 
-    def fresh_encoding(layer):  # a full forward of the text encoder, hooked
+    def fresh_encoding(layer, out_layer=last):  # a full forward of the text encoder, hooked
         got = {}
-        hook = model.layers[last].register_forward_hook(lambda _m, _i, out: got.update(h=out))
+        hook = model.layers[out_layer].register_forward_hook(lambda _m, _i, out: got.update(h=out))
         try:
             keys, _ = model.capture_fc2(prompts, layer)
         finally:
@@ -488,19 +490,26 @@ def test_stage2_stream_equals_fresh_encodings_as_layers_change(world, reads):
         mean = lambda t: t[rows, pos].view(len(reqs), len(hp.context_templates), -1).mean(1)  # noqa: E731
         return mean(keys).T, mean(h)
 
-    runs = []
+    def close(got, ref):  # equal to float32 rounding at the tensor's scale (stepping past an
+        # edited layer adds keys @ Delta^T to its kept output where a fresh forward runs it)
+        torch.testing.assert_close(got, ref, rtol=0, atol=4e-6 * float(ref.abs().max()))
+
+    runs, before = [], {}
     counters = [model.layers[i].register_forward_hook(lambda m, *_: runs.append(m)) for i in range(last + 1)]
     for layer in layers:
         read_h = reads == "exact" or layer in (layers[0], last)
+        out_layer = last if read_h else (layer if reads == "stream" else None)
         stream_runs = len(runs)
-        k, h = stream.states(key_layer=layer, out_layer=last if read_h else None)
+        k, h = stream.states(key_layer=layer, out_layer=out_layer, every=before if layer == layers[0] else None)
         assert len(runs) - stream_runs == (last - layer + 1 if read_h else 1)
-        k_ref, h_ref = fresh_encoding(layer)
-        # equal to float32 rounding at each tensor's scale (stepping past an edited layer adds
-        # keys @ Delta^T to its kept output where a fresh forward runs the edited layer)
-        torch.testing.assert_close(k, k_ref, rtol=0, atol=4e-6 * float(k_ref.abs().max()))
-        if read_h:
-            torch.testing.assert_close(h, h_ref, rtol=0, atol=4e-6 * float(h_ref.abs().max()))
+        k_ref, h_ref = fresh_encoding(layer, last if out_layer is None else out_layer)
+        close(k, k_ref)
+        if out_layer is not None:
+            close(h, h_ref)
+        if layer == layers[0]:  # h leaving every layer of the first read, before any edit
+            assert sorted(before) == list(range(layer, last + 1))
+            for at, kept in before.items():
+                close(kept, fresh_encoding(layer, at)[1])
         w = model.fc2(layer).weight
         w += 0.05 * w.abs().mean() * torch.randn(w.shape, generator=gen)  # an edit of this layer
     for counter in counters:
