@@ -34,6 +34,7 @@ import argparse
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,6 +346,25 @@ def stage1_targets(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParam
 
 def batch_key(batch: list[tuple[str, Visual]]) -> list:
     return [(i, v.label) for i, v in batch]
+
+
+def stream_batches(world: World, base: DiffusionModel, hp: EditHParams, edits: int, cache: Path | None,
+                   seed: int = 0, sizes: tuple[int, ...] = (10, 100, 1000), batch_size: int = 50
+                   ) -> Iterator[tuple[list[tuple[str, Visual]], list[EditRequest], torch.Tensor]]:
+    """The first ``edits`` changes of the stream of ``seed``, cut as a run with ``--sizes``
+    ``sizes`` and ``--batch`` ``batch_size`` cuts them (at its checkpoints below ``edits``,
+    then into batches), each batch with its requests and Stage I targets on ``base``: what a
+    script replays so that the benchmark's Stage I cache (``cache``) applies."""
+    by_id = {f.id: f for f in world.facts}
+    stream = edit_stream(world, editable(world, reserved_facts(world)), edits, seed)
+    layer = hp.edit_layers(base.n_layers)[-1]
+    done = 0
+    for n in [s for s in sizes if s < edits] + [edits]:
+        for batch in batches(stream[done:n], batch_size):
+            reqs = [request_for(world, by_id[i], v) for i, v in batch]
+            key = json.dumps([batch_key(batch), hp.stage1_settings()])
+            yield batch, reqs, stage1_targets(base, reqs, hp, layer, key, cache)
+        done = n
 
 
 def chart(results: dict, path: Path) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import batch_key, batches, edit_stream, editable, request_for, reserved_facts, stage1_targets
+from bench.edit_quality import stream_batches
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, key_moments
@@ -31,7 +31,6 @@ from toyworld.paths import world_paths
 from toyworld.world import World
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = (10, 100, 1000)  # the benchmark's checkpoints: they cut the stream into its batches
 
 
 class _Reads:
@@ -79,38 +78,32 @@ def main() -> None:
     layers = hp.edit_layers(base.n_layers)
     captions = world.captions()
     moments = key_moments(base, layers, captions, skip_bos=hp.c0_skip_bos)
-    stream = edit_stream(world, editable(world, reserved_facts(world)), args.edits, 0)
     errors: dict[str, dict[int, list]] = {"direct": {}, "stream": {}}
     gains: dict[int, list] = {}
     cosines: dict[int, list] = {}
-    state, current, done = EditState(), {}, 0
-    for n in [s for s in SIZES if s < args.edits] + [args.edits]:
-        for batch in batches(stream[done:n], 50):
-            reqs = [request_for(world, by_id[i], v) for i, v in batch]
-            key = json.dumps([batch_key(batch), hp.stage1_settings()])
-            zs = stage1_targets(base, reqs, hp, layers[-1], key, args.stage1_cache)
-            live = [p for i in current for p in (by_id[i].prompt, *by_id[i].paraphrases)]
-            pres = preservation(base, layers, captions, hp, requests=reqs, live=live, moments=moments)
-            with _Reads() as seen:
-                e = apply_targets(model, reqs, zs, hp, state, pres)
-            state = state.after(e, model)
-            current.update(dict(batch))
-            start, before = seen.reads[0]
-            written = torch.zeros_like(start)  # the direct terms so far
-            for i, layer in enumerate(layers[1:], start=1):
-                below = e.layers[layers[i - 1]]
-                step = (below.r.double() @ (below.b.double() @ below.keys.double())).T
-                written = written + step
-                exact, now = seen.reads[i]
-                change = exact - start
-                moved = exact - seen.reads[i - 1][0]  # what the layer below's edit did to h
-                size = change.norm(dim=1).clamp_min(1e-12)
-                errors["direct"].setdefault(layer, []).append((start + written - exact).norm(dim=1) / size)
-                errors["stream"].setdefault(layer, []).append(
-                    (start + now[layer] - before[layer] - exact).norm(dim=1) / size)
-                gains.setdefault(layer, []).append((moved * step).sum(1) / (step * step).sum(1).clamp_min(1e-12))
-                cosines.setdefault(layer, []).append(torch.nn.functional.cosine_similarity(moved, step, dim=1))
-        done = n
+    state, current = EditState(), {}
+    for batch, reqs, zs in stream_batches(world, base, hp, args.edits, args.stage1_cache):
+        live = [p for i in current for p in (by_id[i].prompt, *by_id[i].paraphrases)]
+        pres = preservation(base, layers, captions, hp, requests=reqs, live=live, moments=moments)
+        with _Reads() as seen:
+            e = apply_targets(model, reqs, zs, hp, state, pres)
+        state = state.after(e, model)
+        current.update(dict(batch))
+        start, before = seen.reads[0]
+        written = torch.zeros_like(start)  # the direct terms so far
+        for i, layer in enumerate(layers[1:], start=1):
+            below = e.layers[layers[i - 1]]
+            step = (below.r.double() @ (below.b.double() @ below.keys.double())).T
+            written = written + step
+            exact, now = seen.reads[i]
+            change = exact - start
+            moved = exact - seen.reads[i - 1][0]  # what the layer below's edit did to h
+            size = change.norm(dim=1).clamp_min(1e-12)
+            errors["direct"].setdefault(layer, []).append((start + written - exact).norm(dim=1) / size)
+            errors["stream"].setdefault(layer, []).append(
+                (start + now[layer] - before[layer] - exact).norm(dim=1) / size)
+            gains.setdefault(layer, []).append((moved * step).sum(1) / (step * step).sum(1).clamp_min(1e-12))
+            cosines.setdefault(layer, []).append(torch.nn.functional.cosine_similarity(moved, step, dim=1))
     median = lambda xs: round(float(torch.cat(xs).median()), 3)  # noqa: E731
     out = {"command": f"python -m research.h_tracking --edits {args.edits}", "edits": args.edits,
            "edit_layers": layers, "facts_read": len(torch.cat(gains[layers[1]])),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import batch_key, batches, edit_stream, editable, request_for, reserved_facts, stage1_targets
+from bench.edit_quality import stream_batches
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, compute_hs, key_moments
@@ -30,7 +30,6 @@ from toyworld.paths import world_paths
 from toyworld.world import World
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIZES = (10, 100, 1000)  # the benchmark's checkpoints: they cut the stream into its batches
 SETTINGS = {  # overrides of the ToyWorld preset, each in consolidate mode
     "entities out of P (preset)": {},
     "entities out of P, 90% of their energy": {"entity_energy": 0.9},
@@ -51,20 +50,13 @@ def main() -> None:
     torch.set_flush_denormal(True)
     where = world_paths("large")
     world, base = World.read(where.data_dir), load_model(where.diffusion_dir)
-    by_id = {f.id: f for f in world.facts}
     preset = EditHParams.preset("toyworld", steps=200, seed=0, mode="consolidate")
     layers = preset.edit_layers(base.n_layers)
-    stream = edit_stream(world, editable(world, reserved_facts(world)), args.edits, 0)
     live: dict = {}  # source -> (request, z), the latest change of each fact, in order of landing
-    done = 0
-    for n in [s for s in SIZES if s < args.edits] + [args.edits]:
-        for batch in batches(stream[done:n], 50):
-            reqs = [request_for(world, by_id[i], v) for i, v in batch]
-            key = json.dumps([batch_key(batch), preset.stage1_settings()])
-            for q, z in zip(reqs, stage1_targets(base, reqs, preset, layers[-1], key, args.stage1_cache), strict=True):
-                live.pop(q.source, None)
-                live[q.source] = (q, z)
-        done = n
+    for _, reqs, zs in stream_batches(world, base, preset, args.edits, args.stage1_cache):
+        for q, z in zip(reqs, zs, strict=True):
+            live.pop(q.source, None)
+            live[q.source] = (q, z)
     reqs, zs = [q for q, _ in live.values()], torch.stack([z for _, z in live.values()])
     h_base = compute_hs(base, reqs, layers[-1], preset.context_templates)
     moments = key_moments(base, layers, world.captions(), skip_bos=preset.c0_skip_bos)  # C0 by subtraction
