@@ -1,6 +1,7 @@
 """How well Stage II's cheap reads of h track the exact one, on the large world: the seed-0
 stream of ``bench.edit_quality`` up to N edits (its batches, so its Stage I cache applies),
-each batch written with the ToyWorld preset and ``h_tracking="exact"``. At every edit layer
+each batch written on top of the last in the sequential form of the ToyWorld preset
+(``bench.edit_quality.SEQUENTIAL``) with ``h_tracking="exact"``. At every edit layer
 after the first, h at the last edit layer is read exactly (MEMIT) and estimated as
 ``"direct"`` (h before the batch plus each edited layer's own Delta K1) and as ``"stream"``
 (h before the batch plus the change leaving the layer the keys are read at). Per edit layer:
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import stream_batches
+from bench.edit_quality import SEQUENTIAL, stream_batches
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, key_moments
@@ -74,7 +75,7 @@ def main() -> None:
     world, base = World.read(where.data_dir), load_model(where.diffusion_dir)
     model = load_model(where.diffusion_dir)
     by_id = {f.id: f for f in world.facts}
-    hp = EditHParams.preset("toyworld", steps=200, seed=0, h_tracking="exact")
+    hp = EditHParams.preset("toyworld", steps=200, seed=0, h_tracking="exact", **SEQUENTIAL)
     layers = hp.edit_layers(base.n_layers)
     captions = world.captions()
     moments = key_moments(base, layers, captions, skip_bos=hp.c0_skip_bos)

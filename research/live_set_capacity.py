@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import stream_batches
+from bench.edit_quality import METHODS, stream_batches
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, compute_hs, key_moments
@@ -30,8 +30,8 @@ from toyworld.paths import world_paths
 from toyworld.world import World
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SETTINGS = {  # overrides of the ToyWorld preset, each in consolidate mode
-    "entities out of P (preset)": {},
+SETTINGS = {  # overrides of the consolidated form with the entity keys out of P
+    "entities out of P": {},
     "entities out of P, 90% of their energy": {"entity_energy": 0.9},
     "entities in Kp (weight 1)": {"protect_entities": False, "entity_weight": 1.0},
     "entities in Kp (weight 0.3)": {"protect_entities": False, "entity_weight": 0.3},
@@ -50,7 +50,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     where = world_paths("large")
     world, base = World.read(where.data_dir), load_model(where.diffusion_dir)
-    preset = EditHParams.preset("toyworld", steps=200, seed=0, mode="consolidate")
+    preset = EditHParams.preset("toyworld", steps=200, seed=0, **METHODS["consolidate"])
     layers = preset.edit_layers(base.n_layers)
     live: dict = {}  # source -> (request, z), the latest change of each fact, in order of landing
     for _, reqs, zs in stream_batches(world, base, preset, args.edits, args.stage1_cache):

@@ -5,6 +5,7 @@ fact set of consolidated versions (revisions replace, reverts are exact)."""
 import pytest
 import torch
 
+from bench.edit_quality import SEQUENTIAL
 from editing.api import apply_targets, edit, preservation, revert
 from editing.hparams import EditHParams
 from editing.keys import compute_hs, key_moments, layer_stats, null_space_projection, protected_share
@@ -200,7 +201,7 @@ def test_refreshed_kp_holds_earlier_batches(world, preserved):
     second = [request(world, 20, "a red diamond"), request(world, 30, "a white square")]
 
     def drift(**hp_kw):
-        hp = EditHParams.preset("toyworld", **FAST, mode="sequential", **hp_kw)
+        hp = EditHParams.preset("toyworld", **FAST, **SEQUENTIAL | hp_kw)
         model, base = fresh(), fresh()
         layer = hp.edit_layers(model.n_layers)[-1]
         h0 = compute_hs(model, first, layer, hp.context_templates)

@@ -71,7 +71,8 @@ def stage2_in_memory(model, batch: refresh.Batch, state: EditState, captions):
     """Stage II of a planned batch (its Stage I results) on ``model``, outside the registry."""
     hp = EditHParams.from_json(batch.hparams)
     reqs = [f.request() for f in batch.facts]
-    pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs)
+    pres = preservation(load_model(DIFFUSION_DIR), model.default_edit_layers, captions, hp, requests=reqs,
+                        live=[f.source for f in state.live_facts()])  # as refresh.on_version
     zs = torch.stack([load_file(batch.z_path(i))["z"] for i in range(len(batch.facts))])
     e = apply_targets(model, reqs, zs, hp, state, pres)
     return e, state.after(e)
@@ -290,7 +291,7 @@ def test_gate_promotes_a_passing_candidate(home, story):
     assert {"gate/gate.json", "gate/gate_table.csv"} <= arts
 
 
-def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
+def test_second_batch_builds_on_the_first_and_loads_exactly(home, world, story):
     b = story("batch_b")
     logo0 = b["logo0"]
     s = settings(home)
@@ -302,7 +303,10 @@ def test_second_batch_is_sequential_and_loads_exactly(home, world, story):
     assert rows["fid"]["vs_base"] == pytest.approx(rows["fid"]["candidate"] / rows["fid"]["base"] - 1)
     assert rows["efficacy"]["base"] is None  # the base is not judged on the batch's facts
     reg = Registry.from_settings(s)
-    assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 2
+    # the preset's versions are consolidated: v3 is the base plus one solve over its live set
+    assert reg.version(3).parent == 2 and len(reg.version(3).manifest["chain"]) == 1
+    (own,) = reg.chain(3)
+    assert own.from_base and set(own.sources) == {f.source for _, f in reg.live_facts(3)}
     # the live fact set: the latest change of each source (b2 revises a1's source)
     assert [(n, f.key) for n, f in reg.live_facts(3)] == [(2, "wire:a2"), (3, "wire2:b1"), (3, "wire2:b2")]
     assert reg.lineage(3) == [1, 2, 3]
