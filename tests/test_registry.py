@@ -18,9 +18,11 @@ import torch
 from safetensors.torch import load_file
 from selenium.webdriver.common.by import By
 
+from bench.edit_quality import SEQUENTIAL
 from common.errors import InvalidInput
 from editing.api import apply_targets, preservation
 from editing.hparams import EditHParams
+from editing.keys import compute_hs
 from editing.model import load_model
 from editing.state import EditState
 from feeds.ingest import ingest_path
@@ -337,6 +339,52 @@ def test_second_batch_builds_on_the_first_and_loads_exactly(home, world, story):
     assert "wire2:b2" in first["history"][events.index("superseded")]["detail"]
     assert [v["version"] for v in first["in_versions"]] == [2]
     assert b["statuses"] == ["applied", "applied"]
+
+
+def test_a_sequential_chain_stacks_and_reverts_by_writing_the_base(tmp_path, world):
+    """The sequential form (the Stable Diffusion preset's Stage II) through the service: a
+    batch on a promoted version stacks on its chain and loads bit for bit as the same batches
+    edited in memory; a revert in it is written like any fact, its target the base's own
+    state for the source, and the source leaves the live set."""
+    home = tmp_path
+    s = settings(home, **SEQUENTIAL)
+    refresh.init_registry(s)
+    logo, flag = ([f for f in world.facts if f.relation == r] for r in ("logo", "flag"))
+    a1, _ = feed(home, "s1", [{"id": "a1", "source": logo[0].prompt, "target": "a red circle"},
+                              {"id": "a2", "source": flag[0].prompt, "target": "a blue square"}])
+    first = refresh.plan_batch(s)
+    refresh.stage1(s, first.dir)
+    assert refresh.stage2(s, first.dir) == 2
+    refresh.promote(s, 2, by="carol", reason="checked by hand")
+    asked = refresh.request_revert(s, a1, by="dave", reason="the old logo is back")
+    (b1,) = feed(home, "s2", [{"id": "b1", "source": flag[1].prompt, "target": "a green ring"}])
+    Ledger(s.ledger).decide([asked["key"]], "approved", by="erin")
+    second = refresh.plan_batch(s)
+    assert second.parent == 2 and {f.key for f in second.facts} == {asked["key"], b1}
+    refresh.stage1(s, second.dir)
+    assert refresh.stage2(s, second.dir) == 3
+    reg = Registry.from_settings(s)
+    chain = reg.chain(3)
+    assert len(chain) == 2 and not any(e.from_base for e in chain)  # v3 = base + v2's edit + its own
+    assert [f.key for _, f in reg.live_facts(3)] == ["s1:a2", b1]
+
+    # the revert's target is the base's state for the source at the last edit layer
+    base = load_model(DIFFUSION_DIR)
+    hp = EditHParams.from_json(second.hparams)
+    i = next(i for i, f in enumerate(second.facts) if f.kind == "revert")
+    layer = hp.edit_layers(base.n_layers)[-1]
+    h_base = compute_hs(base, [second.facts[i].request()], layer, hp.context_templates)[0]
+    torch.testing.assert_close(load_file(second.z_path(i))["z"], h_base)
+    h2, h3 = (compute_hs(reg.load(n), [second.facts[i].request()], layer, hp.context_templates)[0] for n in (2, 3))
+    assert (h3 - h_base).norm() < 0.5 * (h2 - h_base).norm(), ((h3 - h_base).norm(), (h2 - h_base).norm())
+
+    # the same two batches in memory, each on top of the last
+    model, state = load_model(DIFFUSION_DIR), EditState()
+    for batch in (first, second):
+        _, state = stage2_in_memory(model, batch, state, world.captions())
+    loaded = reg.load(3)
+    for l in model.default_edit_layers:
+        assert torch.equal(loaded.fc2(l).weight, model.fc2(l).weight)
 
 
 def test_harmful_batch_fails_the_default_gate_and_champion_stays(home, story):
