@@ -397,7 +397,9 @@ def chart(results: dict, path: Path) -> Path:
 
     panels = (("efficacy", "efficacy"), ("specificity_vs_unedited", "specificity / unedited"),
               ("fid_increase", "FID change"))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    n = len(results["methods"])
+    lines = -(-n // 4)  # the legend below the panels, four methods a line
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6 + 0.22 * lines))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for i, (name, rows) in enumerate(results["methods"].items()):
             xs = sorted(int(n) for n in rows)
@@ -405,14 +407,16 @@ def chart(results: dict, path: Path) -> Path:
             ax.plot(xs, [rows[str(x)][key] for x in xs], color=f"C{i % 10}", linestyle="-" if i < 10 else "--",
                     marker="o" if i < 10 else "s", label=name)
         ax.set_xscale("log")
-        ax.set_xlabel("sequential edits")
+        ax.set_xlabel("edits")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    labels = [f"{name} (the preset)" if name == results.get("preset") else name for name in labels]
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     w = results["world"]
     fig.suptitle(f"ToyWorld {w['name']} ({w['entities']} entities, {w['concepts']} concepts), "
                  f"stream seed {results['seed']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.22 * lines / (3.6 + 0.22 * lines) + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
