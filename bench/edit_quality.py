@@ -59,6 +59,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # protection), so a row keeps its meaning when the preset changes; "preset" runs the preset
 # under the name of the method it is (``preset_method``: the headline rows)
 SEQUENTIAL = dict(mode="sequential", refresh_kp=True, protect_entities=True, entity_weight=0.0)
+CONSOLIDATE = dict(mode="consolidate", protect_entities=True, entity_weight=0.0)
+TEMPLATES = ["{}", "a photo of {}", "an image of {}"]  # the rows with three context templates
 METHODS = {
     "preset": {},
     # a version is the base plus one solve over its live set, the live facts' entity keys held
@@ -68,7 +70,7 @@ METHODS = {
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
     "sequential": SEQUENTIAL,
     # consolidated, the live facts' entity keys out of P
-    "consolidate": dict(mode="consolidate", protect_entities=True, entity_weight=0.0),
+    "consolidate": CONSOLIDATE,
     # the baselines as published: C0 over every token ([BOS] too), no entity keys taken out of
     # P (with P = I and beta 0, taking them out leaves the solve singular in their directions)
     "emcid-alpha": dict(mode="sequential", method="emcid", c0_skip_bos=False, protect_entities=False,
@@ -81,19 +83,17 @@ METHODS = {
     # energy cut is "sequential" now; with one preservation choice changed
     "sequential-energy": SEQUENTIAL,
     "sequential-energy3": SEQUENTIAL | dict(nullspace_threshold=3e-2),
-    "sequential-energy-templates": SEQUENTIAL | dict(context_templates=["{}", "a photo of {}", "an image of {}"]),
-    "consolidate-energy": dict(mode="consolidate", protect_entities=True, entity_weight=0.0),
-    "sequential-templates": SEQUENTIAL | dict(context_templates=["{}", "a photo of {}", "an image of {}"],
-                                              key_columns="per_template"),
+    "sequential-energy-templates": SEQUENTIAL | dict(context_templates=TEMPLATES),
+    "consolidate-energy": CONSOLIDATE,
+    "sequential-templates": SEQUENTIAL | dict(context_templates=TEMPLATES, key_columns="per_template"),
 }
 
 
-def preset_method(methods: dict[str, dict] | None = None) -> str:
-    """The method the ToyWorld preset is: the first of ``methods`` (``METHODS``) other than
-    "preset" whose overrides leave the preset as it is."""
-    preset = EditHParams.preset("toyworld")
-    for name, overrides in (methods or METHODS).items():
-        if name != "preset" and EditHParams.preset("toyworld", **overrides) == preset:
+def preset_method(preset: EditHParams) -> str:
+    """The method the ToyWorld preset (``preset``) is: the first of ``METHODS`` other than
+    "preset" whose overrides leave it as it is."""
+    for name, overrides in METHODS.items():
+        if name != "preset" and EditHParams.from_json(preset.to_json() | overrides) == preset:
             return name
     raise ValueError("no method of bench.edit_quality.METHODS is the ToyWorld preset: name its form there")
 
@@ -250,7 +250,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     fixed = probes(world, {}, reserved, probe_facts)
     fid_pairs = fixed.kinds["specificity_reserved"] + fixed.kinds["specificity_attributes"]
     renders = clean_renders([v for _, v in fid_pairs], seeds)
-    headline = preset_method()
+    headline = preset_method(preset)
     methods = list(dict.fromkeys(headline if name == "preset" else name for name in methods))
     runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]),
                        load_model(where.diffusion_dir)) for name in methods}
@@ -397,8 +397,7 @@ def chart(results: dict, path: Path) -> Path:
 
     panels = (("efficacy", "efficacy"), ("specificity_vs_unedited", "specificity / unedited"),
               ("fid_increase", "FID change"))
-    n = len(results["methods"])
-    lines = -(-n // 4)  # the legend below the panels, four methods a line
+    lines = -(-len(results["methods"]) // 4)  # the legend below the panels, four methods a line
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6 + 0.22 * lines))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for i, (name, rows) in enumerate(results["methods"].items()):
