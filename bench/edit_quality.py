@@ -55,17 +55,29 @@ from validation.toyworld_eval import clean_renders, fid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# overrides of the ToyWorld preset, each naming its Stage II form in full (mode and entity
-# protection), so a row keeps its meaning when the preset changes; "preset" runs the preset
-# under the name of the method it is (``preset_method``: the headline rows)
-SEQUENTIAL = dict(mode="sequential", refresh_kp=True, protect_entities=True, entity_weight=0.0)
-CONSOLIDATE = dict(mode="consolidate", protect_entities=True, entity_weight=0.0)
+# overrides of the ToyWorld preset, each naming its Stage II form in full (mode, preservation,
+# entity protection, keys), so a row keeps its meaning when the preset changes; "preset" runs
+# the preset under the name of the method it is (``preset_method``: the headline rows)
 TEMPLATES = ["{}", "a photo of {}", "an image of {}"]  # the rows with three context templates
+BARE = dict(context_templates=["{}"], key_columns="mean")  # keys of the bare prompt only
+# the null-space forms: P from C0's energy cut (1%), beta 0.3
+NULLSPACE = BARE | dict(nullspace_mode="energy", nullspace_threshold=0.01, beta=0.3, c0_weight=0.0)
+SEQUENTIAL = NULLSPACE | dict(mode="sequential", refresh_kp=True, protect_entities=True, entity_weight=0.0)
+CONSOLIDATE = NULLSPACE | dict(mode="consolidate", protect_entities=True, entity_weight=0.0)
+# a version is the base plus one solve over its live set (no Kp), C0 held in the solve with
+# weight 200 (no null space, beta 0), the live facts' entity keys in Kp Kp^T with weight 1,
+# one key column per fact and context template (the ToyWorld preset since 2026-12-03 evening)
+CONSOLIDATE_C0 = dict(mode="consolidate", nullspace_mode="none", c0_weight=200.0, beta=0.0,
+                      protect_entities=False, entity_weight=1.0, context_templates=TEMPLATES,
+                      key_columns="per_template")
 METHODS = {
     "preset": {},
-    # a version is the base plus one solve over its live set, the live facts' entity keys held
-    # in Kp Kp^T with weight 1 (the ToyWorld preset since 2026-12-03)
-    "consolidate-soft-entities": dict(mode="consolidate", protect_entities=False, entity_weight=1.0),
+    "consolidate-c0-templates": CONSOLIDATE_C0,
+    # the same with the bare prompt's keys only
+    "consolidate-c0": CONSOLIDATE_C0 | BARE,
+    # consolidated, null space, the live facts' entity keys held in Kp Kp^T with weight 1
+    # (the ToyWorld preset of 2026-12-03 afternoon)
+    "consolidate-soft-entities": CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0),
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
     "sequential": SEQUENTIAL,
@@ -73,12 +85,16 @@ METHODS = {
     "consolidate": CONSOLIDATE,
     # the baselines as published: C0 over every token ([BOS] too), no entity keys taken out of
     # P (with P = I and beta 0, taking them out leaves the solve singular in their directions)
-    "emcid-alpha": dict(mode="sequential", method="emcid", c0_skip_bos=False, protect_entities=False,
-                        entity_weight=0.0),
+    # (beta, the cut and c0_weight do not enter EMCID's solve: NULLSPACE keeps them as the rows ran)
+    "emcid-alpha": NULLSPACE | dict(mode="sequential", method="emcid", c0_skip_bos=False, protect_entities=False,
+                                    entity_weight=0.0),
     # EMCID's C0 term inside Eq. 7 with P = I and beta 0: EMCID with the memory of earlier batches
-    "emcid-alpha+memory": dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
-                               beta=0.0, c0_skip_bos=False, protect_entities=False, entity_weight=0.0),
+    "emcid-alpha+memory": BARE | dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
+                                      beta=0.0, c0_skip_bos=False, protect_entities=False, entity_weight=0.0),
     "no-nullspace": SEQUENTIAL | dict(nullspace_mode="none"),
+    "consolidate-soft-entities-templates": CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0,
+                                                              context_templates=TEMPLATES,
+                                                              key_columns="per_template"),
     # names of earlier rows (their hparams are in the results): the sequential form with the
     # energy cut is "sequential" now; with one preservation choice changed
     "sequential-energy": SEQUENTIAL,

@@ -96,9 +96,10 @@ class EditHParams:
     # 99% of their keys' energy inside P are removed from P's range for that batch, so the
     # batch's entities keep what the rest of the corpus says of them exactly (as C0's span)
     protect_mentions: bool = False
-    # EMCID's C0 term inside the null-space solve (beyond the papers): c0_weight * C0 joins
-    # Kp Kp^T, so the corpus keys that the relative cut leaves in P's range are held too,
-    # in proportion to their energy. 0 = Eq. 7 as published
+    # C0 held in the solve (MEMIT's and EMCID's preservation term; beyond Eq. 7): c0_weight * C0
+    # joins Kp Kp^T, so every corpus direction resists the update in proportion to its
+    # energy; with nullspace_mode "none" and beta 0 it replaces the projection (the ToyWorld
+    # preset), beside a null space it holds what the cut leaves in P's range. 0 = Eq. 7 as published
     c0_weight: float = 0.0
     emcid_lambda: float = 4000.0
     emcid_alpha: float = 0.5

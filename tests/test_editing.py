@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.edit_quality import SEQUENTIAL
+from bench.edit_quality import METHODS, NULLSPACE, SEQUENTIAL
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, compute_hs, compute_ks, entity_mentions, layer_stats, null_space_projection
@@ -37,6 +37,15 @@ def assert_inside_null_space(deltas: dict, projections: dict) -> None:
 
 @pytest.fixture(scope="module")
 def preserved(world, toy_model):
+    """The null-space forms' preservation (P from C0's energy cut), which most tests here
+    pin: Eq. 7's mechanics."""
+    hp = EditHParams.preset("toyworld", **FAST, **NULLSPACE)
+    return preservation(toy_model, toy_model.default_edit_layers, world.captions(), hp)
+
+
+@pytest.fixture(scope="module")
+def preset_preserved(world, toy_model):
+    """The ToyWorld preset's preservation (C0 held in the solve, no null space)."""
     hp = EditHParams.preset("toyworld", **FAST)
     return preservation(toy_model, toy_model.default_edit_layers, world.captions(), hp)
 
@@ -87,9 +96,9 @@ def test_nullspace_edit_leaves_preserved_keys_alone(world, preserved, corpus_key
                   for l, d in deltas.items()}
         return deltas, change, res.diagnostics
 
-    deltas, projected, diagnostics = run(EditHParams.preset("toyworld", **FAST), preserved)
+    deltas, projected, diagnostics = run(EditHParams.preset("toyworld", **FAST, **SEQUENTIAL), preserved)
     assert_inside_null_space(deltas, preserved.projections)
-    hp_plain = EditHParams.preset("toyworld", **FAST, nullspace_mode="none")
+    hp_plain = EditHParams.preset("toyworld", **FAST, **SEQUENTIAL | dict(nullspace_mode="none"))
     _, plain, _ = run(hp_plain, preservation(fresh(), fresh().default_edit_layers, world.captions(), hp_plain))
     # the same edit without the projection (P = I) moves preserved outputs far more
     assert sum(projected.values()) < 0.5 * sum(plain.values()), (projected, plain)
@@ -102,7 +111,7 @@ def test_closed_form_reaches_what_it_predicts(world, preserved):
     measured on the edited model."""
     model = fresh()
     layer = model.default_edit_layers[-1]
-    hp = EditHParams.preset("toyworld", **FAST, layers=[layer])
+    hp = EditHParams.preset("toyworld", **FAST, **NULLSPACE, layers=[layer])
     reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
     s1 = compute_zs(model, reqs, hp, layer)
     h_before = compute_hs(model, reqs, layer, hp.context_templates).double()
@@ -130,7 +139,7 @@ def test_direct_and_stream_h_tracking_end_where_exact_tracking_does(world, prese
     targets = ("a green cross", "a white diamond", "a red ring", "a blue square", "a green cross", "a red ring")
     reqs = [request(world, i, t) for i, t in zip((2, 9, 16, 23, 30, 37), targets, strict=True)]
     first = fresh()
-    hp = EditHParams.preset("toyworld", **FAST)
+    hp = EditHParams.preset("toyworld", **FAST, **METHODS["consolidate-soft-entities"])
     layers = hp.edit_layers(first.n_layers)
     assert len(layers) >= 3  # a layer between the first and the last, where the modes differ
     zs = compute_zs(first, reqs, hp, layers[-1]).z.double()
@@ -139,7 +148,7 @@ def test_direct_and_stream_h_tracking_end_where_exact_tracking_does(world, prese
     modes = {"exact": {}, "direct": {}, "stream": {"h_exact_top": 1}, "stream-all": {"h_exact_top": len(layers)}}
     for name, extra in modes.items():
         model = fresh()
-        mode = EditHParams.preset("toyworld", **FAST, h_tracking=name.split("-")[0], **extra)
+        mode = EditHParams.from_json(hp.to_json() | dict(h_tracking=name.split("-")[0], **extra))
         edits[name] = execute_stage2(model, reqs, zs.float(), mode, layers, EditState(), preserved)
         left[name] = float((zs - compute_hs(model, reqs, layers[-1], hp.context_templates).double()).norm())
     for name in modes:
@@ -165,8 +174,8 @@ def test_per_template_key_columns(world, preserved, tmp_path):
     templates = ["{}", "a photo of {}", "an image of {}"]
     model = fresh()
     layer = model.default_edit_layers[-1]
-    hp = EditHParams.preset("toyworld", **FAST, layers=[layer], context_templates=templates,
-                            key_columns="per_template")
+    hp = EditHParams.preset("toyworld", **FAST, **NULLSPACE | dict(layers=[layer], context_templates=templates,
+                                                                  key_columns="per_template"))
     reqs = [request(world, 3, "a green cross"), request(world, 11, "a white diamond")]
     sources = [r.source for r in reqs]
 
@@ -331,11 +340,11 @@ def test_a_fact_changed_again_replaces_its_earlier_keys(world, preserved):
     assert reached > first_reached - 0.05 and reached > reached_kept + 0.1, (reached, reached_kept, first_reached)
 
 
-def test_same_seed_same_edit(world, preserved):
+def test_same_seed_same_edit(world, preset_preserved):
     hp = EditHParams.preset("toyworld", **FAST)
     reqs = [request(world, 4, "a purple triangle")]
-    a = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
-    b = edit(fresh(), reqs, hp=hp, preserved=preserved).edit
+    a = edit(fresh(), reqs, hp=hp, preserved=preset_preserved).edit
+    b = edit(fresh(), reqs, hp=hp, preserved=preset_preserved).edit
     for layer in a.layers:
         assert torch.equal(a.layers[layer].r, b.layers[layer].r)
         assert torch.equal(a.layers[layer].b, b.layers[layer].b)
@@ -406,7 +415,7 @@ def test_c0_weight_holds_the_corpus_inside_the_null_space(world, preserved, corp
     def run(weight: float):
         model = fresh()
         before = {l: model.fc2(l).weight.detach().double().clone() for l in model.default_edit_layers}
-        hp = EditHParams.preset("toyworld", **FAST, **SEQUENTIAL, c0_weight=weight)
+        hp = EditHParams.preset("toyworld", **FAST, **SEQUENTIAL | dict(c0_weight=weight))
         edit(model, reqs, hp=hp, preserved=preserved)
         deltas = {l: model.fc2(l).weight.double() - before[l] for l in before}
         return deltas, sum(float((corpus_keys[l] @ d.T).norm() / (corpus_keys[l] @ before[l].T).norm())
@@ -522,7 +531,7 @@ def test_stage2_stream_equals_fresh_encodings_as_layers_change(world, reads):
         stream.states(key_layer=0, out_layer=last)
 
 
-def test_edits_change_what_the_model_draws(world, judge, preserved):
+def test_edits_change_what_the_model_draws(world, judge, preset_preserved):
     """The outcome, not only the algebra: after one batch, the judge sees each edited
     prompt drawn as its new target, where the unedited model never draws it; prompts of
     entities the batch did not touch keep their facts."""
@@ -550,7 +559,7 @@ def test_edits_change_what_the_model_draws(world, judge, preserved):
     before = drawn(model, [f.prompt for f in chosen])
     assert rate(before, targets) == 0
     keep_before = rate(drawn(model, [f.prompt for f in others]), [f.visual for f in others])
-    edit(model, reqs, hp=EditHParams.preset("toyworld"), preserved=preserved)
+    edit(model, reqs, hp=EditHParams.preset("toyworld"), preserved=preset_preserved)
     efficacy = rate(drawn(model, [f.prompt for f in chosen]), targets)
     keep_after = rate(drawn(model, [f.prompt for f in others]), [f.visual for f in others])
     # measured on the shipped model with the preset of 2026-12-03 (consolidated, energy cut, beta
