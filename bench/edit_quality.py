@@ -64,6 +64,9 @@ BARE = dict(context_templates=["{}"], key_columns="mean")  # keys of the bare pr
 NULLSPACE = BARE | dict(nullspace_mode="energy", nullspace_threshold=0.01, beta=0.3, c0_weight=0.0)
 SEQUENTIAL = NULLSPACE | dict(mode="sequential", refresh_kp=True, protect_entities=True, entity_weight=0.0)
 CONSOLIDATE = NULLSPACE | dict(mode="consolidate", protect_entities=True, entity_weight=0.0)
+# consolidated, null space, the live facts' entity keys held in Kp Kp^T with weight 1
+# (the ToyWorld preset of 2026-12-03 afternoon)
+SOFT_ENTITIES = CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0)
 # a version is the base plus one solve over its live set (no Kp), C0 held in the solve with
 # weight 200 (no null space, beta 0), the live facts' entity keys in Kp Kp^T with weight 1,
 # one key column per fact and context template (the ToyWorld preset since 2026-12-03 evening)
@@ -75,9 +78,7 @@ METHODS = {
     "consolidate-c0-templates": CONSOLIDATE_C0,
     # the same with the bare prompt's keys only
     "consolidate-c0": CONSOLIDATE_C0 | BARE,
-    # consolidated, null space, the live facts' entity keys held in Kp Kp^T with weight 1
-    # (the ToyWorld preset of 2026-12-03 afternoon)
-    "consolidate-soft-entities": CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0),
+    "consolidate-soft-entities": SOFT_ENTITIES,
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
     "sequential": SEQUENTIAL,
@@ -92,9 +93,8 @@ METHODS = {
     "emcid-alpha+memory": BARE | dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
                                       beta=0.0, c0_skip_bos=False, protect_entities=False, entity_weight=0.0),
     "no-nullspace": SEQUENTIAL | dict(nullspace_mode="none"),
-    "consolidate-soft-entities-templates": CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0,
-                                                              context_templates=TEMPLATES,
-                                                              key_columns="per_template"),
+    "consolidate-soft-entities-templates": SOFT_ENTITIES | dict(context_templates=TEMPLATES,
+                                                                key_columns="per_template"),
     # names of earlier rows (their hparams are in the results): the sequential form with the
     # energy cut is "sequential" now; with one preservation choice changed
     "sequential-energy": SEQUENTIAL,

@@ -1,9 +1,10 @@
 """The demo's batch (feeds/samples/newsroom.jsonl, 10 changes on the small world) under
 hyperparameter variants, scored as the promotion gate scores it.
 
-Stage I runs on the base, with the ToyWorld preset's settings and the variant's context
-templates, once per set of templates, for the whole batch (the service runs it per fact, so
-its targets differ a little from these); each variant's Stage II
+Stage I runs on the base with each variant's Stage I settings (``EditHParams.stage1_settings``:
+the preset's unless the variant overrides one, as a variant with other context templates
+does), once per distinct settings, for the whole batch (the service runs it per fact, so its
+targets differ a little from these); each variant's Stage II
 starts from the base; ``validation.evaluate.evaluate`` compares the edited model with the
 base under the default ``GateConfig``. Prints one JSON row per variant (efficacy, the
 specificity drop and the relative FID change the gate checks, and the protected rank per
@@ -52,7 +53,7 @@ def main() -> None:
     for q in reqs:
         q.related = []  # the service knows no paraphrases of a feed's change
     base = load_model(where.diffusion_dir)
-    targets: dict[tuple[str, ...], torch.Tensor] = {}  # Stage I's z per set of context templates
+    targets: dict[str, torch.Tensor] = {}  # Stage I's z per distinct Stage I settings
     cfg = GateConfig()
     judge = ToyWorldJudge(where.judge_dir, where.data_dir)
     facts = [FactCase(q.id, q.source, q.target, [e.text for e in q.entities]) for q in reqs]
@@ -61,11 +62,10 @@ def main() -> None:
     out = json.loads(args.out.read_text()) if args.out.is_file() else {"variants": {}}
     for name, overrides in json.loads(args.variants).items():
         hp = EditHParams.preset("toyworld", **overrides)
-        templates = tuple(hp.context_templates)
-        if templates not in targets:
-            stage1 = EditHParams.preset("toyworld", context_templates=list(templates))
-            targets[templates] = compute_zs(base, reqs, stage1, stage1.edit_layers(base.n_layers)[-1]).z
-        z = targets[templates]
+        settings = json.dumps(hp.stage1_settings())
+        if settings not in targets:
+            targets[settings] = compute_zs(base, reqs, hp, hp.edit_layers(base.n_layers)[-1]).z
+        z = targets[settings]
         model = load_model(where.diffusion_dir)
         t0 = time.time()
         pres = preservation(model, hp.edit_layers(model.n_layers), captions, hp, requests=reqs)
