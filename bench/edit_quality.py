@@ -69,12 +69,14 @@ CONSOLIDATE = NULLSPACE | dict(mode="consolidate", protect_entities=True, entity
 SOFT_ENTITIES = CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0)
 # a version is the base plus one solve over its live set (no Kp), C0 held in the solve with
 # weight 200 (no null space, beta 0), the live facts' entity keys in Kp Kp^T with weight 1,
-# one key column per fact and context template (the ToyWorld preset since 2026-12-03 evening)
+# one key column per fact and context template (the ToyWorld preset of 2026-12-03 evening)
 CONSOLIDATE_C0 = dict(mode="consolidate", nullspace_mode="none", c0_weight=200.0, beta=0.0,
                       protect_entities=False, entity_weight=1.0, context_templates=TEMPLATES,
                       key_columns="per_template")
 METHODS = {
     "preset": {},
+    # the same with C0 at weight 400 (the ToyWorld preset since 2026-12-04)
+    "consolidate-c0-templates-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0),
     "consolidate-c0-templates": CONSOLIDATE_C0,
     # the same with the bare prompt's keys only
     "consolidate-c0": CONSOLIDATE_C0 | BARE,
