@@ -78,6 +78,9 @@ METHODS = {
     # the same with C0 at weight 400 (the ToyWorld preset since 2026-12-04)
     "consolidate-c0-templates-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0),
     "consolidate-c0-templates": CONSOLIDATE_C0,
+    # the preset at scale: C0 ten times heavier; one key column per fact (the templates' keys averaged)
+    "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
+    "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
     # the same with the bare prompt's keys only
     "consolidate-c0": CONSOLIDATE_C0 | BARE,
     "consolidate-soft-entities": SOFT_ENTITIES,
@@ -95,6 +98,8 @@ METHODS = {
     "emcid-alpha+memory": BARE | dict(mode="sequential", refresh_kp=True, nullspace_mode="none", c0_weight=40.0,
                                       beta=0.0, c0_skip_bos=False, protect_entities=False, entity_weight=0.0),
     "no-nullspace": SEQUENTIAL | dict(nullspace_mode="none"),
+    # the sequential form with every edit layer's update bounded at twice the base weights' norm
+    "sequential-bound2": SEQUENTIAL | dict(max_update_norm=2.0),
     "consolidate-soft-entities-templates": SOFT_ENTITIES | dict(context_templates=TEMPLATES,
                                                                 key_columns="per_template"),
     # names of earlier rows (their hparams are in the results): the sequential form with the
