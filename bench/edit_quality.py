@@ -78,11 +78,11 @@ METHODS = {
     # the same with C0 at weight 400 (the ToyWorld preset since 2026-12-04)
     "consolidate-c0-templates-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0),
     "consolidate-c0-templates": CONSOLIDATE_C0,
-    # the preset at scale: C0 ten times heavier; one key column per fact (the templates' keys averaged)
-    "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
-    "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
     # the same with the bare prompt's keys only
     "consolidate-c0": CONSOLIDATE_C0 | BARE,
+    # two levers on the preset tried at 1,000 edits: C0 ten times heavier; one key column per fact
+    "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
+    "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
     "consolidate-soft-entities": SOFT_ENTITIES,
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
