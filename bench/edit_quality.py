@@ -83,6 +83,9 @@ METHODS = {
     # two levers on the preset tried at 1,000 edits: C0 ten times heavier; one key column per fact
     "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
     "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
+    # and the large world's last layer edited too (layers 0-5 of six; the preset edits every layer but the last)
+    "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | dict(c0_weight=400.0, layers=[0, 1, 2, 3, 4, 5]),
+    "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | dict(c0_weight=4000.0, layers=[0, 1, 2, 3, 4, 5]),
     "consolidate-soft-entities": SOFT_ENTITIES,
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
@@ -287,8 +290,9 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
         "hparams": {name: r.hp.to_json() for name, r in runs.items()}, "methods": {},
     }
     moments = {}  # the whole corpus's key moments on the base, per [BOS] choice: C0 by subtraction
+    all_layers = sorted({l for r in runs.values() for l in r.hp.edit_layers(base.n_layers)})  # every method's
     for skip_bos in sorted({r.hp.c0_skip_bos for r in runs.values()}):
-        moments[skip_bos] = key_moments(base, preset.edit_layers(base.n_layers), captions, skip_bos=skip_bos)
+        moments[skip_bos] = key_moments(base, all_layers, captions, skip_bos=skip_bos)
     base_cache: dict[tuple, tuple[dict, dict]] = {}
     stage1_cache: dict[str, torch.Tensor] = {}
     by_id = {f.id: f for f in world.facts}
@@ -425,9 +429,10 @@ def chart(results: dict, path: Path) -> Path:
     for ax, (key, label) in zip(axes, panels, strict=True):
         for i, (name, rows) in enumerate(results["methods"].items()):
             xs = sorted(int(n) for n in rows)
-            # ten colours, then dashed lines with square markers: no two methods look alike
-            ax.plot(xs, [rows[str(x)][key] for x in xs], color=f"C{i % 10}", linestyle="-" if i < 10 else "--",
-                    marker="o" if i < 10 else "s", label=name)
+            # ten colours, each ten methods another line style and marker: no two methods look alike
+            style, marker = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))[i // 10 % 4]
+            ax.plot(xs, [rows[str(x)][key] for x in xs], color=f"C{i % 10}", linestyle=style, marker=marker,
+                    label=name)
         ax.set_xscale("log")
         ax.set_xlabel("edits")
         ax.set_title(label)

@@ -159,6 +159,10 @@ class KeyMoments:
     def c0(self) -> dict[int, torch.Tensor]:
         return {l: s / self.count for l, s in self.sums.items()}
 
+    def at(self, layers: Sequence[int]) -> KeyMoments:
+        """The moments of ``layers`` only."""
+        return KeyMoments({l: self.sums[l] for l in layers}, self.count)
+
     def __sub__(self, other: KeyMoments) -> KeyMoments:
         return KeyMoments({l: s - other.sums[l] for l, s in self.sums.items()}, self.count - other.count)
 

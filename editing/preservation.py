@@ -103,6 +103,7 @@ def preservation(model: DiffusionModel, layers: list[int], captions: Sequence[st
         drop = fact_prompts(requests) + (list(live) if hp.mode == "consolidate" else [])
         captions = without_sources(captions, drop)
     if moments is not None:
+        moments = moments.at(layers)
         kept = set(captions)
         gone = [c for c in full if c not in kept]
         c0 = (moments - key_moments(model, layers, gone, skip_bos=hp.c0_skip_bos)).c0() if gone else moments.c0()
