@@ -83,7 +83,8 @@ METHODS = {
     # two levers on the preset tried at 1,000 edits: C0 ten times heavier; one key column per fact
     "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
     "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
-    # and the large world's last layer edited too (layers 0-5 of six; the preset edits every layer but the last)
+    # the preset, and C0 at weight 4,000, with the large world's last layer edited too (layers 0-5 of six;
+    # the preset edits every layer but the last)
     "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | dict(c0_weight=400.0, layers=[0, 1, 2, 3, 4, 5]),
     "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | dict(c0_weight=4000.0, layers=[0, 1, 2, 3, 4, 5]),
     "consolidate-soft-entities": SOFT_ENTITIES,
