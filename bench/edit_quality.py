@@ -73,6 +73,8 @@ SOFT_ENTITIES = CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0)
 CONSOLIDATE_C0 = dict(mode="consolidate", nullspace_mode="none", c0_weight=200.0, beta=0.0,
                       protect_entities=False, entity_weight=1.0, context_templates=TEMPLATES,
                       key_columns="per_template")
+# the large world's six layers all edited (the preset edits every layer but the last)
+LAST_LAYER_TOO = dict(layers=[0, 1, 2, 3, 4, 5])
 METHODS = {
     "preset": {},
     # the same with C0 at weight 400 (the ToyWorld preset since 2026-12-04)
@@ -83,10 +85,9 @@ METHODS = {
     # two levers on the preset tried at 1,000 edits: C0 ten times heavier; one key column per fact
     "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
     "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
-    # the preset, and C0 at weight 4,000, with the large world's last layer edited too (layers 0-5 of six;
-    # the preset edits every layer but the last)
-    "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | dict(c0_weight=400.0, layers=[0, 1, 2, 3, 4, 5]),
-    "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | dict(c0_weight=4000.0, layers=[0, 1, 2, 3, 4, 5]),
+    # the preset, and C0 at weight 4,000, with the large world's last layer edited too
+    "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=400.0),
+    "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0),
     "consolidate-soft-entities": SOFT_ENTITIES,
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)
