@@ -2,8 +2,9 @@
 
 One seeded stream of fact changes (fact -> a new visual; relation facts and, in the large
 world, standalone concepts; at most a quarter of the changes revise a fact changed before)
-is applied batch by batch by every method. At each checkpoint (edit count) the shipped
-judge labels images of
+is applied batch by batch by every method ("preset": the world's model's own, its family's
+preset with the model's ``freshen_preset.json`` over it). At each checkpoint (edit count)
+the shipped judge labels images of
 - efficacy: each live fact's source shows its latest target;
 - generality: its held-out context (``generality_contexts``; left out where a method's own
   context templates include it) and its paraphrases
@@ -55,9 +56,11 @@ from validation.toyworld_eval import clean_renders, fid
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# overrides of the ToyWorld preset, each naming its Stage II form in full (mode, preservation,
-# entity protection, keys), so a row keeps its meaning when the preset changes; "preset" runs
-# the preset under the name of the method it is (``preset_method``: the headline rows)
+# overrides of the ToyWorld family's preset (editing/presets/toyworld.json), each naming its
+# Stage II form in full (mode, preservation, entity protection, keys, layers where they differ),
+# so a row keeps its meaning when a preset changes; "preset" runs the world's model's preset
+# (the family's, with the model's own over it) under the name of the method it is
+# (``preset_method``: the headline rows)
 TEMPLATES = ["{}", "a photo of {}", "an image of {}"]  # the rows with three context templates
 BARE = dict(context_templates=["{}"], key_columns="mean")  # keys of the bare prompt only
 # the null-space forms: P from C0's energy cut (1%), beta 0.3
@@ -73,7 +76,7 @@ SOFT_ENTITIES = CONSOLIDATE | dict(protect_entities=False, entity_weight=1.0)
 CONSOLIDATE_C0 = dict(mode="consolidate", nullspace_mode="none", c0_weight=200.0, beta=0.0,
                       protect_entities=False, entity_weight=1.0, context_templates=TEMPLATES,
                       key_columns="per_template")
-# the large world's six layers all edited (the preset edits every layer but the last)
+# the large world's six layers all edited (the ToyWorld preset edits every layer but the last)
 LAST_LAYER_TOO = dict(layers=[0, 1, 2, 3, 4, 5])
 METHODS = {
     "preset": {},
@@ -85,7 +88,8 @@ METHODS = {
     # two levers on the preset tried at 1,000 edits: C0 ten times heavier; one key column per fact
     "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
     "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
-    # the preset, and C0 at weight 4,000, with the large world's last layer edited too
+    # the preset, and C0 at weight 4,000, with the large world's last layer edited too (the
+    # latter: the large world's own preset since 2026-12-05, its model's freshen_preset.json)
     "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=400.0),
     "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0),
     "consolidate-soft-entities": SOFT_ENTITIES,
@@ -117,13 +121,13 @@ METHODS = {
 }
 
 
-def preset_method(preset: EditHParams) -> str:
-    """The method the ToyWorld preset (``preset``) is: the first of ``METHODS`` other than
-    "preset" whose overrides leave it as it is."""
+def preset_method(preset: EditHParams, family: EditHParams) -> str:
+    """The method a model's preset (``preset``) is: the first of ``METHODS`` other than
+    "preset" whose overrides of its family's preset (``family``) give it."""
     for name, overrides in METHODS.items():
-        if name != "preset" and EditHParams.from_json(preset.to_json() | overrides) == preset:
+        if name != "preset" and EditHParams.from_json(family.to_json() | overrides) == preset:
             return name
-    raise ValueError("no method of bench.edit_quality.METHODS is the ToyWorld preset: name its form there")
+    raise ValueError("no method of bench.edit_quality.METHODS is the model's preset: name its form there")
 
 
 REVISION_SHARE = 0.25  # at most this share of a stream's changes revise an earlier one
@@ -270,7 +274,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     world = World.read(where.data_dir)
     judge = ToyJudge.from_pretrained(where.judge_dir).eval()
     base = load_model(where.diffusion_dir)
-    preset = EditHParams.preset("toyworld")
+    preset = EditHParams.for_model(base)
     reserved = reserved_facts(world)
     pool = editable(world, reserved)
     stream = edit_stream(world, pool, max(sizes), seed)
@@ -278,9 +282,9 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     fixed = probes(world, {}, reserved, probe_facts)
     fid_pairs = fixed.kinds["specificity_reserved"] + fixed.kinds["specificity_attributes"]
     renders = clean_renders([v for _, v in fid_pairs], seeds)
-    headline = preset_method(preset)
+    headline = preset_method(preset, EditHParams.preset(base.family))
     methods = list(dict.fromkeys(headline if name == "preset" else name for name in methods))
-    runs = {name: _Run(EditHParams.preset("toyworld", steps=steps, seed=seed, **METHODS[name]),
+    runs = {name: _Run(EditHParams.preset(base.family, steps=steps, seed=seed, **METHODS[name]),
                        load_model(where.diffusion_dir)) for name in methods}
     results: dict = {
         "command": command, "preset": headline, "preset_hparams": preset.to_json(), "seed": seed,
@@ -434,7 +438,7 @@ def chart(results: dict, path: Path) -> Path:
             # ten colours, each ten methods another line style and marker: no two methods look alike
             style, marker = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))[i // 10 % 4]
             ax.plot(xs, [rows[str(x)][key] for x in xs], color=f"C{i % 10}", linestyle=style, marker=marker,
-                    label=name)
+                    label=name, linewidth=3 if name == results.get("preset") else 1.5)  # the headline stands out
         ax.set_xscale("log")
         ax.set_xlabel("edits")
         ax.set_title(label)
@@ -463,10 +467,11 @@ def main() -> None:
                          "sample; 0: all)")
     ap.add_argument("--seed", type=int, default=0, help="draws the stream (another seed, another stream)")
     ap.add_argument("--methods", default="preset,sequential,consolidate,emcid-alpha,emcid-alpha+memory,no-nullspace",
-                    help=f"of {', '.join(METHODS)} (\"preset\": the ToyWorld preset, under its method's name)")
+                    help=f"of {', '.join(METHODS)} (\"preset\": the world's model's preset, under its method's "
+                         "name)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help='another method: overrides of the preset, e.g. energy-b01=\'{"nullspace_mode": "energy", '
-                         '"beta": 0.1}\' (then name it in --methods)')
+                    help='another method: overrides of the ToyWorld preset, e.g. energy-b01=\'{"nullspace_mode": '
+                         '"energy", "beta": 0.1}\' (then name it in --methods)')
     ap.add_argument("--judge-sizes", default="",
                     help="judge only at these of --sizes (default: all); the others still cut the stream "
                          "into the same batches, so a Stage I cache of the full run applies")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 # the files that make a saved model: weights, configs, tokenizer vocabularies
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
+# a model's own edit preset, beside its weights (editing.hparams.EditHParams.preset): not part
+# of the model's identity (it may change without the weights changing)
+MODEL_PRESET = "freshen_preset.json"
 
 
 def key_file_name(key: str) -> str:
@@ -31,10 +34,11 @@ def file_sha256(path: Path) -> str:
 
 def directory_hash(path: Path) -> str:
     """sha256 over the weight, config and tokenizer files of a saved model directory
-    (relative paths and contents), so a copy elsewhere hashes the same."""
+    (relative paths and contents; not its training log or edit preset), so a copy elsewhere
+    hashes the same."""
     h = hashlib.sha256()
     files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and p.name != "train_log.jsonl" and p.parent.name != "checkpoints")
+                   and p.name not in ("train_log.jsonl", MODEL_PRESET) and p.parent.name != "checkpoints")
     for p in files:
         h.update(str(p.relative_to(path)).encode() + b"\0")
         h.update(bytes.fromhex(file_sha256(p)))

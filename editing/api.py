@@ -103,7 +103,7 @@ def edit(model: DiffusionModel, requests: Sequence[EditRequest], state: EditStat
     weights) is computed from ``captions`` on ``base`` when not given; compute it once per
     base model (and corpus) and pass it to every batch.
     """
-    hp = hp or EditHParams.preset(model.family)
+    hp = hp or EditHParams.for_model(model)
     state = state or EditState()
     base = base or model
     if not requests:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from common.errors import InvalidInput, read_user_json
+from common.hashing import MODEL_PRESET
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 METHODS = ("nullspace", "emcid")
@@ -173,13 +174,31 @@ class EditHParams:
         return cls(**d)
 
     @classmethod
-    def preset(cls, family: str, **overrides) -> EditHParams:
+    def preset(cls, family: str, model_dir: Path | None = None, **overrides) -> EditHParams:
         """The tuned defaults for a family of model ("toyworld", "stable-diffusion"):
-        ``editing/presets/<family>.json``, with ``overrides`` on top."""
+        ``editing/presets/<family>.json``; over it the model's own preset when its pipeline
+        directory ``model_dir`` ships one (``freshen_preset.json``: a preset's fields, any
+        subset, for a model whose measurements call for other settings than its family's);
+        ``overrides`` on top."""
         path = PRESETS / f"{family}.json"
         if not path.exists():
             raise InvalidInput(f"no edit preset for model family {family!r} (looked for {path})")
-        return cls.from_json({**json.loads(path.read_text()), **overrides})
+        fields_ = json.loads(path.read_text())
+        own = Path(model_dir) / MODEL_PRESET if model_dir is not None else None
+        if own is not None and own.is_file():
+            mine = read_user_json(own, "model preset")
+            try:
+                cls.from_json(fields_ | mine)
+            except InvalidInput as exc:
+                raise InvalidInput(f"model preset {own}: {exc}") from exc
+            fields_ |= mine
+        return cls.from_json(fields_ | overrides)
+
+    @classmethod
+    def for_model(cls, model, **overrides) -> EditHParams:
+        """The preset of a loaded model (``editing.model.DiffusionModel``): its family's, with
+        its own over it (``preset``)."""
+        return cls.preset(model.family, model.local_dir, **overrides)
 
     @classmethod
     def load(cls, path: Path) -> EditHParams:

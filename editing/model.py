@@ -361,8 +361,13 @@ class DiffusionModel:
     def base_hash(self) -> str:
         """Content hash of the weights this model was loaded from (before any edit)."""
         if self._base_hash is None:
-            self._base_hash = directory_hash(resolve_local(self.source))
+            self._base_hash = directory_hash(self.local_dir)
         return self._base_hash
+
+    @property
+    def local_dir(self) -> Path:
+        """The pipeline directory this model was loaded from."""
+        return resolve_local(self.source)
 
     def save(self, path: Path) -> None:
         self.pipe.save_pretrained(path, safe_serialization=True)

@@ -32,7 +32,7 @@ class Settings:
     tracking_uri: str = ""  # MLflow tracking + registry URI; default: SQLite file in home
     registry_name: str = "freshen"  # the registered model's name
     gate: str = ""  # JSON file of gate thresholds (validation/gate.py); defaults otherwise
-    hparams: str = ""  # JSON file of edit hyperparameters; default: the model kind's preset
+    hparams: str = ""  # JSON file of edit hyperparameters; default: the model's preset
     drop: str = ""  # the feed drop directory; default: home/drop
     captions: str = ""  # caption corpus (one per line) for C0 of a real model; ToyWorld: its own
     seed: int = 0

@@ -61,7 +61,7 @@ def edit_from_file(settings: Settings, facts: Path, out: Path, hparams: Path | N
             r["entities"] = [e.__dict__ for e in ents]
     requests = [Fact(r["id"], Path(facts).stem, r["id"], r["source"], r["target"],
                      entities=r["entities"]).request() for r in rows]
-    hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.family, seed=settings.seed)
+    hp = EditHParams.load(hparams) if hparams else EditHParams.for_model(model, seed=settings.seed)
     t0 = time.time()
     result = edit(model, requests, hp=hp, captions=corpus, cache_dir=settings.home / "cache",
                   model_hash=model.base_hash, progress=True)

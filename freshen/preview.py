@@ -74,7 +74,7 @@ def make_previews(settings: Settings, keys: list[str], seeds: int = 2) -> list[d
     facts = [r.fact() for r in rows]
     champion = reg.champion()
     base = reg.version(champion).manifest["base"]
-    hp = hparams_for(settings, base["family"])
+    hp = hparams_for(settings, base)
     outs = [preview_dir(settings, f.key) for f in facts]
     targets(settings, facts, hp, base, lambda: reg.base_model(champion), [o / "stage1.safetensors" for o in outs])
     stage1_seconds = round(time.time() - t0, 1)  # shared by the batch (0 where the cache held them)

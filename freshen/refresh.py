@@ -142,7 +142,7 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
         return None
     parent = reg.champion()
     base = reg.version(parent).manifest["base"]
-    hp = hparams_for(settings, base["family"])
+    hp = hparams_for(settings, base)
     facts = [r.fact() for r in rows]
     key = batch_key(parent, base["hash"], facts, hp.to_json())
     done = reg.find_batch(key)
@@ -157,13 +157,15 @@ def plan_batch(settings: Settings, keys: list[str] | None = None, limit: int | N
     return batch
 
 
-def hparams_for(settings: Settings, family: str):
+def hparams_for(settings: Settings, base: dict):
     """The editing hyperparameters of a refresh: the file ``FRESHEN_HPARAMS``, else the
-    preset of the base's family."""
+    preset of the base model (``base``: a manifest's entry): its family's, with the model's
+    own over it where its directory ships one."""
     from editing.hparams import EditHParams
+    from editing.model import resolve_local
 
     return (EditHParams.load(Path(settings.hparams)) if settings.hparams
-            else EditHParams.preset(family, seed=settings.seed))
+            else EditHParams.preset(base["family"], resolve_local(base["ref"]), seed=settings.seed))
 
 
 def _captions(settings: Settings, family: str) -> list[str]:

@@ -32,7 +32,7 @@ ENERGIES = (0.9, 0.99)
 def main() -> None:
     where = world_paths("large")
     world, model = World.read(where.data_dir), load_model(where.diffusion_dir)
-    hp = EditHParams.preset(model.family)
+    hp = EditHParams.for_model(model)
     entities = sorted({f.entity for f in world.facts if f.entity})  # concepts have none
     out: dict = {"command": "python -m research.entity_rank", "d_k": model.fc2(0).in_features,
                  "entity_templates": hp.entity_templates, "ranks": {},

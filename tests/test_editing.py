@@ -1,5 +1,9 @@
 """The editing engine's mathematics, on the shipped ToyWorld model."""
 
+import json
+import re
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -471,6 +475,45 @@ def test_hparams_presets_and_json(tmp_path):
     # the top edit layers read exactly by default: as many as one forward pays for
     assert [EditHParams().exact_top(n) for n in (3, 6, 9, 12, 15)] == [2, 3, 3, 4, 5]
     assert EditHParams(h_exact_top=1).exact_top(12) == 1 and sd.h_tracking == "stream"
+
+
+def test_a_model_directory_preset_goes_over_its_family_s(tmp_path):
+    """A model whose pipeline directory ships ``freshen_preset.json`` is edited with its
+    family's preset and those fields over it, wherever the service takes a preset (a loaded
+    model, a refresh's base entry); the file is not part of the model's identity."""
+    from common.hashing import MODEL_PRESET
+    from freshen.config import Settings
+    from freshen.refresh import hparams_for
+
+    copy = tmp_path / "model"
+    shutil.copytree(DIFFUSION_DIR, copy)
+    before = load_model(copy).base_hash
+    family = EditHParams.preset("toyworld")
+    assert EditHParams.for_model(load_model(copy)) == family  # no file: the family's
+    (copy / MODEL_PRESET).write_text(json.dumps({"layers": [0, 1, 2, 3], "c0_weight": 40.0}))
+    model = load_model(copy)
+    assert model.base_hash == before
+    mine = EditHParams.for_model(model, seed=3)
+    assert (mine.layers, mine.c0_weight, mine.seed) == ([0, 1, 2, 3], 40.0, 3)
+    assert mine.to_json() | {"layers": None, "c0_weight": family.c0_weight, "seed": family.seed} == family.to_json()
+    base = {"ref": str(copy), "hash": before, "family": "toyworld"}
+    assert hparams_for(Settings(seed=3), base) == mine
+    (copy / MODEL_PRESET).write_text(json.dumps({"c0_wieght": 40.0}))
+    named = re.escape(f"model preset {copy / MODEL_PRESET}: unknown edit hyperparameters")
+    with pytest.raises(ValueError, match=named):
+        EditHParams.for_model(model)
+
+
+def test_each_shipped_world_s_preset_is_a_benchmarked_method():
+    """The small world's model edits with the ToyWorld preset; the large world's ships its own
+    (edit layers 0-5, C0 at weight 4,000), which the benchmark's headline rows name."""
+    from bench.edit_quality import preset_method
+    from toyworld.paths import world_paths
+
+    family = EditHParams.preset("toyworld")
+    small, large = (EditHParams.for_model(load_model(world_paths(w).diffusion_dir)) for w in ("small", "large"))
+    assert preset_method(small, family) == "consolidate-c0-templates-w400" and small == family
+    assert preset_method(large, family) == "consolidate-c0-templates-w4000-layer5"
 
 
 @pytest.mark.parametrize("reads", ["exact", "direct", "stream"])

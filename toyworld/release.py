@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.hashing import file_sha256
+from common.hashing import MODEL_PRESET, file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {
@@ -63,6 +63,10 @@ LARGE_WHAT = {
                  "only, so a fact is read at the subject's last token. Load with "
                  "`toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or `editing.model.load_model(PATH)`.",
 }
+EDIT_PRESET_NOTE = (
+    "`{name}` beside this card, `{fields}`, goes over the ToyWorld family's preset "
+    "(`editing/presets/toyworld.json`) wherever freshen edits this model (`EditHParams.preset`); "
+    "why these fields: docs/editing.md \"The large world's preset\" (`make bench-edit`).")
 CHECK_FIGURES = {
     "judge": ("classifier_accuracy",),
     "ner": ("ner_f1",),
@@ -78,9 +82,10 @@ def _world(world_name: str) -> tuple[paths.WorldPaths, dict, dict]:
 
 
 def shipped_files(model_dir: Path) -> list[Path]:
-    """Every file of a shipped model except its card and training log."""
+    """Every file of a shipped model except its card, training log and edit preset (chosen
+    by the editing benchmark after training, not made by it)."""
     return sorted(p for p in model_dir.rglob("*") if p.is_file()
-                  and p.name not in ("README.md", "train_log.jsonl"))
+                  and p.name not in ("README.md", "train_log.jsonl", MODEL_PRESET))
 
 
 def write_manifest(models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS) -> dict:
@@ -125,6 +130,9 @@ def write_card(name: str, check: dict, models_dir: Path = paths.MODELS_DIR, comm
         "",
     ]
     lines += [f"- `{k}`: {check[k]}" for k in CHECK_FIGURES[name] if k in check]
+    if (d / MODEL_PRESET).is_file():
+        lines += ["", "## Its edit preset", "", EDIT_PRESET_NOTE.format(
+            name=MODEL_PRESET, fields=json.dumps(json.loads((d / MODEL_PRESET).read_text())))]
     if curve:
         lines += ["", "## Curve during training (one seed, subsets; from train_log.jsonl)", ""]
         lines += [f"- {json.dumps(r)}" for r in curve]

@@ -91,7 +91,7 @@ def run_suite(fmt: str, file: Path, model_path: str, out: Path, clip: str, capti
     if not corpus:
         raise InvalidInput(f"caption corpus {captions} is empty (C0 needs captions)")
     model = load_model(model_path)
-    hp = EditHParams.load(hparams) if hparams else EditHParams.preset(model.family)
+    hp = EditHParams.load(hparams) if hparams else EditHParams.for_model(model)
     judge = ClipJudge(clip)
     ner = None
     if ner_model and any(not e.entities for e in bench.edits):
