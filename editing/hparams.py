@@ -196,9 +196,15 @@ class EditHParams:
 
     @classmethod
     def for_model(cls, model, **overrides) -> EditHParams:
-        """The preset of a loaded model (``editing.model.DiffusionModel``): its family's, with
-        its own over it (``preset``)."""
-        return cls.preset(model.family, model.local_dir, **overrides)
+        """The preset of a model (``editing.model.DiffusionModel``): its family's, with its own
+        over it when it was loaded from a directory that ships one (``preset``)."""
+        from editing.model import ModelLoadError
+
+        try:
+            model_dir = model.local_dir
+        except ModelLoadError:  # built in memory (training, tests): no directory, no preset of its own
+            model_dir = None
+        return cls.preset(model.family, model_dir, **overrides)
 
     @classmethod
     def load(cls, path: Path) -> EditHParams:

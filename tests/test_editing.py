@@ -12,7 +12,7 @@ from bench.edit_quality import METHODS, NULLSPACE, SEQUENTIAL
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
 from editing.keys import SubjectStream, compute_hs, compute_ks, entity_mentions, layer_stats, null_space_projection
-from editing.model import load_model
+from editing.model import DiffusionModel, load_model
 from editing.requests import EditRequest, Entity, normalise
 from editing.stage1 import compute_zs
 from editing.stage2 import execute_stage2, protect_entity_keys, right_factor
@@ -498,6 +498,8 @@ def test_a_model_directory_preset_goes_over_its_family_s(tmp_path):
     assert mine.to_json() | {"layers": None, "c0_weight": family.c0_weight, "seed": family.seed} == family.to_json()
     base = {"ref": str(copy), "hash": before, "family": "toyworld"}
     assert hparams_for(Settings(seed=3), base) == mine
+    # a model built in memory has no directory, so no preset of its own
+    assert EditHParams.for_model(DiffusionModel(model.pipe, "in-memory", "toyworld")) == family
     (copy / MODEL_PRESET).write_text(json.dumps({"c0_wieght": 40.0}))
     named = re.escape(f"model preset {copy / MODEL_PRESET}: unknown edit hyperparameters")
     with pytest.raises(ValueError, match=named):
