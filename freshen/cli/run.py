@@ -54,7 +54,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--out", type=Path, required=True, help="directory for factors and diagnostics")
     e.add_argument("--model", default=None, help="pipeline path or hub id (default: ToyWorld)")
     e.add_argument("--ner", default=None, help="NER model for facts without entities")
-    e.add_argument("--hparams", type=Path, default=None, help="EditHParams as JSON")
+    e.add_argument("--hparams", type=Path, default=None, help="EditHParams as JSON (default: the model's preset)")
     e.add_argument("--captions", type=Path, default=None,
                    help="caption corpus for C0, one per line (default: ToyWorld's)")
     e.add_argument("--save-model", action="store_true", help="also save the edited pipeline")
