@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from common.hashing import file_sha256
+from common.hashing import MODEL_PRESET, file_sha256
 from feeds.ner import NerTagger
 from toyworld import paths
-from toyworld.release import shipped_files
+from toyworld.release import EDIT_PRESET_NOTE, shipped_files
 from toyworld.world import render
 
 
@@ -102,3 +102,6 @@ def test_the_large_world_models_match_their_manifest_and_share_the_small_unet():
     assert check["entities"] >= 1000 and check["concepts"] >= 1000
     card = (large / "diffusion" / "README.md").read_text()
     assert "--world large" in card and f"`concept_accuracy`: {check['concept_accuracy']}" in card
+    # its edit preset, outside the manifest, is the one its card names
+    preset = json.loads((large / "diffusion" / MODEL_PRESET).read_text())
+    assert EDIT_PRESET_NOTE.format(name=MODEL_PRESET, fields=json.dumps(preset)) in card
