@@ -12,6 +12,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt", ".bin", ".model")
 # a model's own edit preset, beside its weights (editing.hparams.EditHParams.preset): not part
 # of the model's identity (it may change without the weights changing)
 MODEL_PRESET = "freshen_preset.json"
+# files in a model directory that are not the model: its training log and its edit preset
+NOT_THE_MODEL = ("train_log.jsonl", MODEL_PRESET)
 
 
 def key_file_name(key: str) -> str:
@@ -38,7 +40,7 @@ def directory_hash(path: Path) -> str:
     hashes the same."""
     h = hashlib.sha256()
     files = sorted(p for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES
-                   and p.name not in ("train_log.jsonl", MODEL_PRESET) and p.parent.name != "checkpoints")
+                   and p.name not in NOT_THE_MODEL and p.parent.name != "checkpoints")
     for p in files:
         h.update(str(p.relative_to(path)).encode() + b"\0")
         h.update(bytes.fromhex(file_sha256(p)))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.hashing import MODEL_PRESET, file_sha256
+from common.hashing import MODEL_PRESET, NOT_THE_MODEL, file_sha256
 from toyworld import paths
 
 TRAIN_COMMANDS = {
@@ -85,7 +85,7 @@ def shipped_files(model_dir: Path) -> list[Path]:
     """Every file of a shipped model except its card, training log and edit preset (chosen
     by the editing benchmark after training, not made by it)."""
     return sorted(p for p in model_dir.rglob("*") if p.is_file()
-                  and p.name not in ("README.md", "train_log.jsonl", MODEL_PRESET))
+                  and p.name not in ("README.md", *NOT_THE_MODEL))
 
 
 def write_manifest(models_dir: Path = paths.MODELS_DIR, commands: dict = TRAIN_COMMANDS) -> dict:
