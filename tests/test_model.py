@@ -214,3 +214,23 @@ def test_tiny_sd_latents_and_noise(tiny_sd):
     ids = model.tokenize([prompt])["input_ids"][0]
     assert model.tokenizer.convert_ids_to_tokens(int(ids[pos])) == "states</w>"
     assert directory_hash(path) == directory_hash(path)
+
+
+def test_widened_mlps_keep_the_outputs_and_widen_the_keys(tmp_path):
+    from toyworld.pipeline import widen_mlps
+
+    model, wide = load_model(DIFFUSION_DIR), load_model(DIFFUSION_DIR)
+    n = model.fc2(0).in_features
+    widen_mlps(wide.text_encoder, 2 * n)
+    prompts = ["the logo of Nordavcal Labs", "a photo of a blue triangle", "the flag of Port Halquen"]
+    torch.testing.assert_close(wide.encode(prompts).hidden, model.encode(prompts).hidden)
+    keys, old = wide.capture_fc2(prompts, 1)[0], model.capture_fc2(prompts, 1)[0]
+    assert keys.shape[-1] == 2 * n
+    torch.testing.assert_close(keys[..., :n], old)  # the trained units as they were
+    assert keys[..., n:].std() > 0.1 * old.std()  # the new ones answer to the input
+    wide.pipe.save_pretrained(tmp_path, safe_serialization=True)
+    reloaded = load_model(tmp_path)
+    assert reloaded.fc2(0).in_features == 2 * n
+    torch.testing.assert_close(reloaded.encode(prompts).hidden, model.encode(prompts).hidden)
+    with pytest.raises(ValueError, match="narrower"):
+        widen_mlps(model.text_encoder, n - 1)

@@ -40,6 +40,31 @@ def build_text_encoder(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextModel:
     return CLIPTextModel(cfg)
 
 
+@torch.no_grad()
+def widen_mlps(text_encoder: CLIPTextModel, width: int, seed: int = 0) -> CLIPTextModel:
+    """``text_encoder`` with every layer's MLP ``width`` units wide, computing what it did:
+    the trained units first, then dormant ones (fc1 rows and biases drawn with the trained
+    ones' spread, fc2 columns zero). Growing a trained encoder (Net2Net's function-preserving
+    widening, with new units that start silent instead of copied): more key directions for
+    an edit, the same outputs until training or an edit writes into them."""
+    gen = torch.Generator().manual_seed(seed)
+    for layer in getattr(text_encoder, "text_model", text_encoder).encoder.layers:
+        fc1, fc2 = layer.mlp.fc1, layer.mlp.fc2
+        n, extra = fc1.out_features, width - fc1.out_features
+        if extra < 0:
+            raise ValueError(f"MLP width {width} is narrower than the encoder's ({n})")
+        wide1 = torch.nn.Linear(fc1.in_features, width).to(fc1.weight)
+        wide2 = torch.nn.Linear(width, fc2.out_features).to(fc2.weight)
+        wide1.weight[:n], wide1.bias[:n] = fc1.weight, fc1.bias
+        wide1.weight[n:] = torch.randn(extra, fc1.in_features, generator=gen).to(fc1.weight) * fc1.weight.std()
+        wide1.bias[n:] = fc1.bias.mean() + torch.randn(extra, generator=gen).to(fc1.bias) * fc1.bias.std()
+        wide2.weight.zero_()
+        wide2.weight[:, :n], wide2.bias[:] = fc2.weight, fc2.bias
+        layer.mlp.fc1, layer.mlp.fc2 = wide1, wide2
+    text_encoder.config.intermediate_size = width
+    return text_encoder
+
+
 def build_unet(**overrides) -> UNet2DConditionModel:
     return UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
 

@@ -30,6 +30,7 @@ from toyworld.pipeline import (
     content_mask,
     first_eos,
     from_uint8,
+    widen_mlps,
 )
 from toyworld.tokenizers import train_bert_tokenizer, train_clip_tokenizer
 from toyworld.world import NER_LABELS, World, render
@@ -367,7 +368,9 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
     ``best_teacher_prompts``; ``CrossAttentionBank``). Only the encoder learns, and a step
     costs no U-Net convolution. The pipeline keeps Stable Diffusion's component classes; its
     U-Net is the teacher's, byte for byte. ``stop_after``: end (saved and evaluated) after
-    that many steps of the ``steps``-long one-cycle schedule.
+    that many steps of the ``steps``-long one-cycle schedule. ``intermediate_size``: the MLP
+    width of a fresh encoder; with ``init_from``, a wider one grows the loaded encoder to it
+    (``widen_mlps``: the same outputs at step 0, the new units trained from there).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -378,7 +381,10 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
     logger = _Log(out / "train_log.jsonl", append=init_from is not None)
     if init_from is not None:
         start = ToyDiffusionPipeline.from_pretrained(init_from)
-        tokenizer, student = start.tokenizer, start.text_encoder.train().requires_grad_(True)
+        tokenizer, student = start.tokenizer, start.text_encoder
+        if intermediate_size > student.config.intermediate_size:  # grown: new units start silent
+            widen_mlps(student, intermediate_size, seed)
+        student.train().requires_grad_(True)
     else:
         tokenizer = train_clip_tokenizer(world.captions(), vocab_size=vocab_size, model_max_length=32)
         student = build_text_encoder(tokenizer, num_hidden_layers=layers, intermediate_size=intermediate_size)
@@ -429,7 +435,7 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
     return {"steps": steps, "stopped_after": last, "batch_size": batch_size, "seed": seed, "lr": lr,
             "ema_decay": ema_decay, "per_row": per_row, "attribute_weight": attribute_weight,
             "paraphrase_weight": paraphrase_weight, "init_from": str(init_from) if init_from else None,
-            "teacher": str(teacher_dir), **result}
+            "mlp_width": student.config.intermediate_size, "teacher": str(teacher_dir), **result}
 
 
 def _eval_sample(world: World, rng: np.random.Generator, n: int = 96) -> dict:

@@ -45,6 +45,8 @@ def toyworld_train(args: argparse.Namespace) -> int:
     elif args.world == "large":
         if args.lr is not None:
             kw["lr"] = args.lr
+        if args.mlp_width is not None:
+            kw["intermediate_size"] = args.mlp_width
         result = train.train_distilled(world, out or where.diffusion_dir, teacher_dir=paths.DIFFUSION_DIR,
                                        judge_dir=paths.JUDGE_DIR, init_from=args.init_from,
                                        attribute_weight=args.attribute_weight,
@@ -116,6 +118,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--stop-after", type=int, default=None,
                    help="end after this many steps of the --steps schedule (diffusion, large world)")
     t.add_argument("--init-from", type=Path, default=None, help="continue from a saved pipeline (diffusion)")
+    t.add_argument("--mlp-width", type=int, default=None,
+                   help="the encoder's MLP units per layer (large world; default 768): a fresh encoder's "
+                        "width, or with --init-from the width the loaded encoder grows to (new units silent "
+                        "at first)")
     t.add_argument("--attribute-weight", type=float, default=1.0,
                    help="how much more often attribute prompts are drawn (diffusion)")
     t.add_argument("--paraphrase-weight", type=float, default=1.0,
