@@ -35,7 +35,7 @@ import argparse
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,17 +263,19 @@ class _Run:
 def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: int, methods: list[str],
         seed: int = 0, out: Path | None = None, command: str = "", max_edits: dict[str, int] | None = None,
         threads: int | None = None, stage1_dir: Path | None = None, probe_facts: int | None = None,
-        resume: dict | None = None, judged: set[int] | None = None) -> dict:
+        resume: dict | None = None, judged: set[int] | None = None,
+        load: Callable[[Path], DiffusionModel] = load_model) -> dict:
     """Every method on the same stream, size by size (so a stopped run still compares them
     side by side); ``max_edits``: a method stops after that many edits; ``resume``: the rows
     of an earlier run of the same configuration, kept instead of measured again (the chains
     are replayed up to them: Stage II from the cached Stage I targets, no evaluation);
     ``judged``: the sizes judged (None: all); the others still cut the stream into its
-    segments, so batches and their cached Stage I targets are those of the full run."""
+    segments, so batches and their cached Stage I targets are those of the full run; ``load``:
+    how the world's model is loaded from its directory (a research probe's variant of it)."""
     where = world_paths(world_name)
     world = World.read(where.data_dir)
     judge = ToyJudge.from_pretrained(where.judge_dir).eval()
-    base = load_model(where.diffusion_dir)
+    base = load(where.diffusion_dir)
     preset = EditHParams.for_model(base)
     reserved = reserved_facts(world)
     pool = editable(world, reserved)
@@ -285,7 +287,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     headline = preset_method(preset, EditHParams.preset(base.family))
     methods = list(dict.fromkeys(headline if name == "preset" else name for name in methods))
     runs = {name: _Run(EditHParams.preset(base.family, steps=steps, seed=seed, **METHODS[name]),
-                       load_model(where.diffusion_dir)) for name in methods}
+                       load(where.diffusion_dir)) for name in methods}
     results: dict = {
         "command": command, "preset": headline, "preset_hparams": preset.to_json(), "seed": seed,
         "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
