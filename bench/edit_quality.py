@@ -457,6 +457,18 @@ def chart(results: dict, path: Path) -> Path:
     return path
 
 
+def add_variants(variants: list[str]) -> None:
+    """``--variant NAME=JSON`` items as named methods (overrides of the family's preset)."""
+    for item in variants:
+        name, _, overrides = item.partition("=")
+        METHODS[name] = json.loads(overrides)
+
+
+def variant_args(variants: list[str]) -> str:
+    """The ``--variant`` items as a command line records them."""
+    return "".join(f" --variant '{v}'" for v in variants)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", choices=("small", "large"), default="large")
@@ -487,14 +499,12 @@ def main() -> None:
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
-    for item in args.variant:
-        name, _, overrides = item.partition("=")
-        METHODS[name] = json.loads(overrides)
+    add_variants(args.variant)
     max_edits = {k: int(v) for k, v in (x.split("=") for x in args.max_edits_for.split(",") if x)}
     command = (f"python -m bench.edit_quality --world {args.world} --sizes {args.sizes} --batch {args.batch} "
                f"--steps {args.steps} --seeds {args.seeds} --probe-facts {args.probe_facts} --seed {args.seed} "
                f"--methods {args.methods}")
-    command += "".join(f" --variant '{v}'" for v in args.variant)
+    command += variant_args(args.variant)
     if args.max_edits_for:
         command += f" --max-edits-for {args.max_edits_for}"
     if args.judge_sizes:

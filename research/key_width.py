@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import METHODS, chart, run
+from bench.edit_quality import add_variants, chart, run, variant_args
 from editing.model import DiffusionModel, load_model
 from toyworld.paths import world_paths
 from toyworld.pipeline import widen_mlps
@@ -93,9 +93,7 @@ def main() -> None:
                          "rows of earlier runs there (same stream and width) are kept")
     args = ap.parse_args()
     out = args.out or RESULTS / ("key_width.json" if args.seed == 0 else f"key_width_seed{args.seed}.json")
-    for item in args.variant:
-        name, _, overrides = item.partition("=")
-        METHODS[name] = json.loads(overrides)
+    add_variants(args.variant)
     torch.set_flush_denormal(True)
     where = world_paths("large")
 
@@ -109,7 +107,7 @@ def main() -> None:
     print(json.dumps({"width": args.width, "largest_output_difference": same}), flush=True)
     command = (f"python -m research.key_width --width {args.width} --sizes {args.sizes} --judge-sizes "
                f"{args.judge_sizes} --methods {args.methods} --seed {args.seed} --stage1-cache {args.stage1_cache}")
-    command += "".join(f" --variant '{v}'" for v in args.variant)
+    command += variant_args(args.variant)
     out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_suffix(".running.json")  # the rows so far, should the run stop
     t0 = time.time()

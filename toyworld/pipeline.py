@@ -43,7 +43,7 @@ def build_text_encoder(tokenizer: CLIPTokenizer, **overrides) -> CLIPTextModel:
 @torch.no_grad()
 def widen_mlps(text_encoder: CLIPTextModel, width: int, seed: int = 0) -> CLIPTextModel:
     """``text_encoder`` with every layer's MLP ``width`` units wide, computing what it did:
-    the trained units first, then dormant ones (fc1 rows and biases drawn with the trained
+    the trained units first, then silent ones (fc1 rows and biases drawn with the trained
     ones' spread, fc2 columns zero). Growing a trained encoder (Net2Net's function-preserving
     widening, with new units that start silent instead of copied): more key directions for
     an edit, the same outputs until training or an edit writes into them."""
