@@ -385,17 +385,20 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
 
 def stage1_targets(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, layer: int, key: str,
                    cache: Path | None) -> torch.Tensor:
-    """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given."""
+    """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given:
+    in its subdirectory named by the base model's weights (``base_hash``), so that targets of
+    one model are never taken for another's."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    path = cache / f"z_{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors" if cache else None
+    where = cache / base.base_hash[:16] if cache else None
+    path = where / f"z_{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors" if where else None
     if path is not None and path.is_file():
         return load_file(path)["z"]
     z = compute_zs(base, reqs, hp, layer).z
     if path is not None:
-        cache.mkdir(parents=True, exist_ok=True)
+        where.mkdir(parents=True, exist_ok=True)
         save_file({"z": z.contiguous()}, path)
     return z
 
@@ -494,8 +497,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows already in --out (same configuration) and measure only the rest")
     ap.add_argument("--stage1-cache", type=Path, default=None,
-                    help="directory keeping Stage I's targets per batch across runs (the targets are the "
-                         "base's, so every run of the same stream and Stage I settings shares them)")
+                    help="directory keeping Stage I's targets per batch across runs, in a subdirectory per "
+                         "base model (the targets are the base's, so every run of the same model, stream and "
+                         "Stage I settings shares them)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)

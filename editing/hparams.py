@@ -16,6 +16,7 @@ NULLSPACE_MODES = ("relative", "energy", "absolute", "none")
 KEY_COLUMNS = ("mean", "per_template")
 MODES = ("sequential", "consolidate")
 H_TRACKING = ("exact", "direct", "stream")
+C0_SCALES = ("fixed", "per_key")
 
 
 @dataclass
@@ -102,6 +103,12 @@ class EditHParams:
     # energy; with nullspace_mode "none" and beta 0 it replaces the projection (the ToyWorld
     # preset), beside a null space it holds what the cut leaves in P's range. 0 = Eq. 7 as published
     c0_weight: float = 0.0
+    # "fixed": C0 weighs c0_weight in every solve; "per_key": c0_weight times the key columns
+    # the solve writes (with mode "consolidate", the whole live set's), so that C0 holds the
+    # same balance against the written keys at 1,000 live facts as at 100 (beyond the papers:
+    # a fixed weight that keeps both at 100 edits gives way at 1,000, and one heavy enough for
+    # 1,000 holds the first 100 back)
+    c0_scale: str = "fixed"
     emcid_lambda: float = 4000.0
     emcid_alpha: float = 0.5
 
@@ -132,8 +139,14 @@ class EditHParams:
             raise InvalidInput("hparams.entity_weight must be >= 0")
         if self.c0_weight < 0:
             raise InvalidInput("hparams.c0_weight must be >= 0")
+        if self.c0_scale not in C0_SCALES:
+            raise InvalidInput(f"hparams.c0_scale: {self.c0_scale!r} is not one of {C0_SCALES}")
         if "{}" not in self.context_templates[0]:
             raise InvalidInput("hparams.context_templates: every template needs a '{}' slot")
+
+    def c0_weight_for(self, columns: int) -> float:
+        """C0's weight in a solve that writes ``columns`` key columns (``c0_scale``)."""
+        return self.c0_weight * columns if self.c0_scale == "per_key" else self.c0_weight
 
     def stage1_settings(self) -> dict:
         """The hyperparameters Stage I's targets depend on (the same settings, base and fact

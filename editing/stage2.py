@@ -220,7 +220,7 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             if hp.protect_mentions:
                 q = protect_entity_keys(q, km, energy=0.99)
         if hp.method == "nullspace" and hp.c0_weight > 0:
-            kp = kp + hp.c0_weight * c0[layer]
+            kp = kp + hp.c0_weight_for(k1.shape[1]) * c0[layer]
         w = model.fc2(layer).weight
         t_solve = time.perf_counter()
         if hp.max_update_norm > 0:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.edit_quality import NULLSPACE, SEQUENTIAL
+from common.errors import InvalidInput
 from editing.api import apply_targets, edit, preservation, revert
 from editing.hparams import EditHParams
 from editing.keys import compute_hs, key_moments, layer_stats, null_space_projection, protected_share
@@ -124,6 +125,66 @@ def test_stage1_is_anchored_to_the_base(world, preserved):
     r2 = edit(model, again, r1.state, hp=hp, preserved=preserved, base=base)
     assert r2.diagnostics[0]["h_norm"] == pytest.approx(float(h_base.norm()), rel=1e-4)
     assert r2.edit.targets.shape == (1, h_base.shape[1])
+
+
+def test_the_benchmarks_stage1_cache_is_kept_per_base_model(world, tmp_path):
+    """bench.edit_quality keeps Stage I's targets under the base model's weights hash: the
+    same weights in another directory find them, other weights compute their own."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from bench.edit_quality import stage1_targets
+
+    hp = EditHParams.preset("toyworld", **FAST)
+    reqs, cache = [request(world, 3, "a white cross")], tmp_path / "cache"
+    copy, other = tmp_path / "copy", tmp_path / "other"
+    for d in (copy, other):
+        shutil.copytree(DIFFUSION_DIR, d)
+    weights_file = other / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights_file)
+    name = next(k for k in tensors if k.endswith("fc2.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, weights_file)
+    base, same, moved = load_model(DIFFUSION_DIR), load_model(copy), load_model(other)
+    layer = hp.edit_layers(base.n_layers)[-1]
+    z = stage1_targets(base, reqs, hp, layer, "one batch", cache)
+    assert [p.parent.name for p in cache.rglob("z_*.safetensors")] == [base.base_hash[:16]]
+    assert same.base_hash == base.base_hash and moved.base_hash != base.base_hash
+    assert torch.equal(stage1_targets(same, reqs, hp, layer, "one batch", cache), z)
+    z_moved = stage1_targets(moved, reqs, hp, layer, "one batch", cache)
+    assert sorted(p.parent.name for p in cache.rglob("z_*.safetensors")) == sorted(
+        [base.base_hash[:16], moved.base_hash[:16]])
+    assert not torch.equal(z_moved, z)
+
+
+def test_a_per_key_c0_weight_scales_with_the_columns_written(world, preserved):
+    """c0_scale "per_key": C0 weighs c0_weight times the key columns the solve writes, so a
+    consolidated version of two facts (three templates each: six columns) written with
+    weight w / 6 per key is the one written with the fixed weight w, and not the one written
+    with the fixed weight w / 6."""
+    fixed = EditHParams.preset("toyworld", **FAST, mode="consolidate")
+    assert fixed.c0_weight > 0 and fixed.key_columns == "per_template"
+    reqs = [request(world, 4, "a red ring"), request(world, 7, "a blue circle")]
+    columns = len(reqs) * len(fixed.context_templates)
+    per_key = EditHParams.preset("toyworld", **FAST, mode="consolidate", c0_scale="per_key",
+                                 c0_weight=fixed.c0_weight / columns)
+    light = EditHParams.preset("toyworld", **FAST, mode="consolidate", c0_weight=fixed.c0_weight / columns)
+    assert per_key.c0_weight_for(columns) == pytest.approx(fixed.c0_weight)
+    model = fresh()
+    zs = edit(model, reqs, hp=fixed, preserved=preserved, base=fresh()).edit.targets
+    written = {}
+    for name, hp in (("per_key", per_key), ("light", light)):
+        other = fresh()
+        apply_targets(other, reqs, zs, hp, EditState(), preserved)
+        written[name] = weights(other)
+    base, ours = weights(fresh()), weights(model)
+    for l in model.default_edit_layers:
+        assert not torch.allclose(ours[l], base[l], atol=1e-5)
+        assert torch.allclose(written["per_key"][l], ours[l], atol=1e-6)
+        assert not torch.allclose(written["light"][l], ours[l], atol=1e-5)
+    with pytest.raises(InvalidInput, match="c0_scale"):
+        EditHParams.preset("toyworld", c0_scale="per_fact")
 
 
 def consolidated(world, preserved, batches):
