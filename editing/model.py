@@ -422,12 +422,23 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
     with quiet_loading():
         if custom is not None:  # a pipeline registered by an installed package (ToyWorld's)
             pipe = custom.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False)
-            return DiffusionModel(pipe.to(device), str(path_or_id), custom.model_family, half)
+            return DiffusionModel(owned(pipe.to(device)), str(path_or_id), custom.model_family, half)
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(local, dtype=dtype, low_cpu_mem_usage=False,
                                                        safety_checker=None, requires_safety_checker=False)
-    return DiffusionModel(pipe.to(device), str(path_or_id), "stable-diffusion", half)
+    return DiffusionModel(owned(pipe.to(device)), str(path_or_id), "stable-diffusion", half)
+
+
+def owned(pipe):
+    """``pipe`` with every weight copied out of its file: safetensors loads weights memory-mapped,
+    so a weights file rewritten in place (``cp`` over it) would otherwise change a loaded model,
+    and with it the base an edit is solved and measured against."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for t in [*component.parameters(), *component.buffers()]:
+                t.data = t.data.clone()
+    return pipe
 
 
 @contextmanager

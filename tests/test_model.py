@@ -234,3 +234,28 @@ def test_widened_mlps_keep_the_outputs_and_widen_the_keys(tmp_path):
     torch.testing.assert_close(reloaded.encode(prompts).hidden, model.encode(prompts).hidden)
     with pytest.raises(ValueError, match="narrower"):
         widen_mlps(model.text_encoder, n - 1)
+
+
+def test_a_loaded_model_keeps_its_weights_when_its_file_is_rewritten_in_place(tmp_path):
+    """Weights load memory-mapped; load_model copies them out, so a weights file overwritten in
+    place (as ``cp`` does) leaves a model already loaded from it as it was."""
+    import json
+    import shutil
+
+    shutil.copytree(DIFFUSION_DIR, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    weights = tmp_path / "model" / "text_encoder" / "model.safetensors"
+    with open(weights, "r+b") as fh:  # every float32 tensor doubled in the same file (inode)
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        for name, entry in header.items():
+            if name != "__metadata__" and entry["dtype"] == "F32":
+                start, end = entry["data_offsets"]
+                fh.seek(8 + n + start)
+                values = np.frombuffer(fh.read(end - start), dtype="<f4") * 2
+                fh.seek(8 + n + start)
+                fh.write(values.astype("<f4").tobytes())
+    assert not torch.equal(load_model(tmp_path / "model").text_encoder.state_dict()[next(iter(before))],
+                           before[next(iter(before))])
+    assert all(torch.equal(v, before[k]) for k, v in model.text_encoder.state_dict().items())
