@@ -433,11 +433,13 @@ def load_model(path_or_id: str | Path, dtype: torch.dtype = torch.float32,
 def owned(pipe):
     """``pipe`` with every weight copied out of its file: safetensors loads weights memory-mapped,
     so a weights file rewritten in place (``cp`` over it) would otherwise change a loaded model,
-    and with it the base an edit is solved and measured against."""
+    and with it the base an edit is solved and measured against. Only weights on the CPU can
+    still be mapped: moving to another device has copied the rest already."""
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             for t in [*component.parameters(), *component.buffers()]:
-                t.data = t.data.clone()
+                if t.device.type == "cpu":
+                    t.data = t.data.clone()
     return pipe
 
 
