@@ -23,7 +23,7 @@ one solve over its live set, so the versions between checkpoints change nothing 
 
     python -m bench.edit_quality [--world small|large] [--sizes 10,100,1000] [--batch 50]
         [--steps 200] [--seeds 4] [--probe-facts 250] [--seed 0] [--methods preset,...]
-        [--variant NAME=JSON] [--max-edits-for M=N,...] [--judge-sizes 1000]
+        [--variant NAME=JSON] [--max-edits-for M=N,...] [--judge-sizes 1000] [--model DIR]
 
 Writes bench/results/edit_quality.json (or --out) after every row, and a chart (PNG)
 beside it at the end.
@@ -290,6 +290,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
                        load(where.diffusion_dir)) for name in methods}
     results: dict = {
         "command": command, "preset": headline, "preset_hparams": preset.to_json(), "seed": seed,
+        "model": {"base_hash": base.base_hash, "mlp_width": base.text_encoder.config.intermediate_size},
         "world": {"name": world_name, "entities": len(world.entities), "concepts": len(world.concept_facts),
                   "facts": len(world.facts), "editable_facts": len(pool), "reserved_facts": len(reserved)},
         "config": {"sizes": sizes, "judged": sorted(judged) if judged else sizes, "batch_size": batch_size,
@@ -500,6 +501,9 @@ def main() -> None:
                     help="directory keeping Stage I's targets per batch across runs, in a subdirectory per "
                          "base model (the targets are the base's, so every run of the same model, stream and "
                          "Stage I settings shares them)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="the world's diffusion model from this directory instead of the shipped one (a "
+                         "candidate measured before it ships; its tokenizer, weights and freshen_preset.json)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
@@ -513,6 +517,8 @@ def main() -> None:
         command += f" --max-edits-for {args.max_edits_for}"
     if args.judge_sizes:
         command += f" --judge-sizes {args.judge_sizes}"
+    if args.model:
+        command += f" --model {args.model}"
     resume = None
     if args.resume and args.out.is_file():
         resume = json.loads(args.out.read_text())
@@ -522,7 +528,8 @@ def main() -> None:
     results = run(args.world, [int(s) for s in args.sizes.split(",")], args.batch, args.steps, args.seeds,
                   args.methods.split(","), seed=args.seed, out=args.out, command=command, max_edits=max_edits,
                   stage1_dir=args.stage1_cache, probe_facts=args.probe_facts or None, resume=resume,
-                  judged={int(s) for s in args.judge_sizes.split(",")} if args.judge_sizes else None)
+                  judged={int(s) for s in args.judge_sizes.split(",")} if args.judge_sizes else None,
+                  load=(lambda _: load_model(args.model)) if args.model else load_model)
     results["wall_seconds"] = round(time.time() - t0, 1)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out} and {chart(results, args.out.with_suffix('.png'))}")

@@ -2,6 +2,8 @@
 anchored to the base, C0 without the constant [BOS] key, bounded updates, and the live
 fact set of consolidated versions (revisions replace, reverts are exact)."""
 
+import os
+
 import pytest
 import torch
 
@@ -156,6 +158,38 @@ def test_the_benchmarks_stage1_cache_is_kept_per_base_model(world, tmp_path):
     assert sorted(p.parent.name for p in cache.rglob("z_*.safetensors")) == sorted(
         [base.base_hash[:16], moved.base_hash[:16]])
     assert not torch.equal(z_moved, z)
+
+
+def test_the_benchmark_measures_a_candidate_model_given_by_its_directory(tmp_path):
+    """``bench.edit_quality --model DIR`` edits and judges the model in DIR, not the shipped
+    one: the results name its weights, and its Stage I targets are kept under its hash."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    candidate = tmp_path / "candidate"
+    shutil.copytree(DIFFUSION_DIR, candidate)
+    weights_file = candidate / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights_file)
+    name = next(k for k in tensors if k.endswith("fc2.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, weights_file)
+    out, cache = tmp_path / "quality.json", tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-m", "bench.edit_quality", "--world", "small", "--sizes", "2",
+                           "--batch", "2", "--steps", "2", "--seeds", "1", "--probe-facts", "4", "--methods",
+                           "preset", "--model", str(candidate), "--stage1-cache", str(cache), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    mine, shipped = load_model(candidate).base_hash, fresh().base_hash
+    assert mine != shipped
+    assert results["model"]["base_hash"] == mine and f"--model {candidate}" in results["command"]
+    assert [p.parent.name for p in cache.rglob("z_*.safetensors")] == [mine[:16]]
+    row = next(iter(results["methods"].values()))["2"]
+    assert row["facts_live"] == 2 and row["update_norm"] > 0
 
 
 def test_a_per_key_c0_weight_scales_with_the_columns_written(world, preserved):
