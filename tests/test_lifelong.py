@@ -129,25 +129,33 @@ def test_stage1_is_anchored_to_the_base(world, preserved):
     assert r2.edit.targets.shape == (1, h_base.shape[1])
 
 
+def moved_copy(where):
+    """A copy of the shipped small model at ``where`` with one fc2 weight scaled by 1.01:
+    other weights, so another ``base_hash``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(DIFFUSION_DIR, where)
+    weights_file = where / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights_file)
+    name = next(k for k in tensors if k.endswith("fc2.weight"))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, weights_file)
+    return where
+
+
 def test_the_benchmarks_stage1_cache_is_kept_per_base_model(world, tmp_path):
     """bench.edit_quality keeps Stage I's targets under the base model's weights hash: the
     same weights in another directory find them, other weights compute their own."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     from bench.edit_quality import stage1_targets
 
     hp = EditHParams.preset("toyworld", **FAST)
     reqs, cache = [request(world, 3, "a white cross")], tmp_path / "cache"
-    copy, other = tmp_path / "copy", tmp_path / "other"
-    for d in (copy, other):
-        shutil.copytree(DIFFUSION_DIR, d)
-    weights_file = other / "text_encoder" / "model.safetensors"
-    tensors = load_file(weights_file)
-    name = next(k for k in tensors if k.endswith("fc2.weight"))
-    tensors[name] = tensors[name] * 1.01
-    save_file(tensors, weights_file)
+    copy, other = tmp_path / "copy", moved_copy(tmp_path / "other")
+    shutil.copytree(DIFFUSION_DIR, copy)
     base, same, moved = load_model(DIFFUSION_DIR), load_model(copy), load_model(other)
     layer = hp.edit_layers(base.n_layers)[-1]
     z = stage1_targets(base, reqs, hp, layer, "one batch", cache)
@@ -164,19 +172,10 @@ def test_the_benchmark_measures_a_candidate_model_given_by_its_directory(tmp_pat
     """``bench.edit_quality --model DIR`` edits and judges the model in DIR, not the shipped
     one: the results name its weights, and its Stage I targets are kept under its hash."""
     import json
-    import shutil
     import subprocess
     import sys
 
-    from safetensors.torch import load_file, save_file
-
-    candidate = tmp_path / "candidate"
-    shutil.copytree(DIFFUSION_DIR, candidate)
-    weights_file = candidate / "text_encoder" / "model.safetensors"
-    tensors = load_file(weights_file)
-    name = next(k for k in tensors if k.endswith("fc2.weight"))
-    tensors[name] = tensors[name] * 1.01
-    save_file(tensors, weights_file)
+    candidate = moved_copy(tmp_path / "candidate")
     out, cache = tmp_path / "quality.json", tmp_path / "cache"
     done = subprocess.run([sys.executable, "-m", "bench.edit_quality", "--world", "small", "--sizes", "2",
                            "--batch", "2", "--steps", "2", "--seeds", "1", "--probe-facts", "4", "--methods",
