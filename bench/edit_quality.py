@@ -92,6 +92,9 @@ METHODS = {
     # latter: the large world's own preset since 2026-12-05, its model's freshen_preset.json)
     "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=400.0),
     "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0),
+    # the large world's preset with C0 read on the model as edited so far at each layer
+    "consolidate-c0-templates-w4000-layer5-c0refresh": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0,
+                                                                                              c0_refresh=True),
     "consolidate-soft-entities": SOFT_ENTITIES,
     # Eq. 7 on top of the parent, Kp from the live facts' keys on the current model, the batch
     # entities' keys out of P (the ToyWorld preset of 2026-12-02)

@@ -109,6 +109,11 @@ class EditHParams:
     # a fixed weight that keeps both at 100 edits gives way at 1,000, and one heavy enough for
     # 1,000 holds the first 100 back)
     c0_scale: str = "fixed"
+    # C0 at each edit layer read on the model as edited so far (the layers below already
+    # written), over the same corpus, instead of on the base: at scale the lower layers'
+    # updates move every caption's keys above them, and a C0 of the base's keys then holds
+    # directions the corpus no longer uses (beyond the papers; as ``refresh_kp`` for Kp)
+    c0_refresh: bool = False
     emcid_lambda: float = 4000.0
     emcid_alpha: float = 0.5
 

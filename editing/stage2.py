@@ -30,7 +30,9 @@ plus, with ``hp.entity_weight``, that multiple of the batch entities' keys (soft
 preservation; ``hp.protect_entities`` takes them out of P's range instead, all of them or,
 with ``hp.entity_energy`` < 1, the directions holding that share of their energy),
 plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
-papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta).
+papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta); with
+``hp.c0_refresh`` that C0 is read at each layer above the first on the model as edited so
+far (the preserved corpus's keys as the layers below now make them; one corpus pass a layer).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
 With ``hp.max_update_norm`` the ridge is raised, layer by layer, until ||W_l - W0_l||_F stays
 within that share of ||W0_l||_F (docs/method.md "The update measured, and bounded"); what a bounded layer does
@@ -46,7 +48,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import SpanStream, SubjectStream, compute_entity_ks, directions_holding, entity_mentions
+from editing.keys import SpanStream, SubjectStream, compute_entity_ks, directions_holding, entity_mentions, key_moments
 from editing.model import DiffusionModel
 from editing.preservation import Preservation, fact_prompts
 from editing.requests import EditRequest
@@ -220,7 +222,9 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             if hp.protect_mentions:
                 q = protect_entity_keys(q, km, energy=0.99)
         if hp.method == "nullspace" and hp.c0_weight > 0:
-            kp = kp + hp.c0_weight_for(k1.shape[1]) * c0[layer]
+            c0_here = (key_moments(model, [layer], captions, skip_bos=hp.c0_skip_bos).c0()[layer]
+                       if hp.c0_refresh and i > 0 else c0[layer])
+            kp = kp + hp.c0_weight_for(k1.shape[1]) * c0_here
         w = model.fc2(layer).weight
         t_solve = time.perf_counter()
         if hp.max_update_norm > 0:

@@ -49,6 +49,14 @@ SHIPPED = {0: "bench/results/edit_quality.json", 1: "bench/results/edit_quality_
 RUN_KEYS = ("command", "config", "wall_seconds", "complete")
 
 
+def load_widened(path: Path, width: int) -> DiffusionModel:
+    """The model in ``path`` with every MLP of its text encoder grown to ``width`` units by
+    silent units (``toyworld.pipeline.widen_mlps``, seed 0: the same units every time)."""
+    model = load_model(path)
+    widen_mlps(model.text_encoder, width).requires_grad_(False)
+    return model
+
+
 def merged(earlier: dict | None, new: dict) -> dict:
     """One file per stream and width: ``new``'s rows over ``earlier``'s, every run's command
     in ``runs``, and the shipped model's rows of the same methods and sizes beside them
@@ -98,9 +106,7 @@ def main() -> None:
     where = world_paths("large")
 
     def load(path: Path) -> DiffusionModel:
-        model = load_model(path)
-        widen_mlps(model.text_encoder, args.width).requires_grad_(False)
-        return model
+        return load_widened(path, args.width)
 
     captions = World.read(where.data_dir).captions()[::10]
     same = largest_difference(load_model(where.diffusion_dir), load(where.diffusion_dir), captions)

@@ -220,6 +220,37 @@ def test_a_per_key_c0_weight_scales_with_the_columns_written(world, preserved):
         EditHParams.preset("toyworld", c0_scale="per_fact")
 
 
+def test_a_refreshed_c0_holds_the_corpus_keys_as_the_lower_layers_left_them(world, preserved):
+    """c0_refresh: above the first edit layer C0 is read on the model as edited so far. Two
+    edit layers: the first layer's update is the same either way, and the second layer's is
+    the optimum of its objective over the corpus's keys as the first update left them,
+    ||Delta K1 - R||^2 + w tr(Delta C0_now Delta^T): below what the update solved against the
+    base's C0 costs there, with the same K1 and R."""
+    layers = [0, 1]
+    kw = dict(**FAST, mode="consolidate", layers=layers, entity_weight=0.0)
+    refreshed = EditHParams.preset("toyworld", **kw, c0_refresh=True)
+    plain = EditHParams.preset("toyworld", **kw)
+    reqs = [request(world, 4, "a red ring"), request(world, 7, "a blue circle")]
+    edits = {"refreshed": edit(fresh(), reqs, hp=refreshed, preserved=preserved, base=fresh()).edit}
+    edits["plain"] = apply_targets(fresh(), reqs, edits["refreshed"].targets, plain, EditState(), preserved)
+    top = {k: e.layers[1] for k, e in edits.items()}
+    assert torch.allclose(*(e.layers[0].dense() for e in edits.values()), atol=1e-6)
+    assert torch.allclose(top["refreshed"].keys, top["plain"].keys, atol=1e-5)
+    assert torch.allclose(top["refreshed"].r, top["plain"].r, atol=1e-5)
+    below = fresh()  # the base with the first layer's update only: where the corpus's keys now are
+    with torch.no_grad():
+        below.fc2(0).weight += edits["plain"].layers[0].dense().float()
+    c0_now = key_moments(below, [1], preserved.captions, skip_bos=plain.c0_skip_bos).c0()[1]
+    assert not torch.allclose(c0_now, preserved.c0[1], rtol=1e-3)
+    w = plain.c0_weight_for(top["plain"].keys.shape[1])
+
+    def cost(le) -> float:
+        delta, k1, r = le.dense(), le.keys.double(), le.r.double()
+        return float(((delta @ k1 - r) ** 2).sum() + w * torch.trace(delta @ c0_now @ delta.T))
+
+    assert cost(top["refreshed"]) < cost(top["plain"])
+
+
 def consolidated(world, preserved, batches):
     """A consolidated chain of batches (lists of (fact index, target)), with Stage I once per
     (fact, target): returns the model, the state and each batch's Edit."""
