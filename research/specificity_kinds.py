@@ -33,7 +33,7 @@ from editing.state import EditState, LiveFact
 from research.key_width import load_widened
 from toyworld.judge import ToyJudge
 from toyworld.paths import world_paths
-from toyworld.world import Fact, World
+from toyworld.world import SELF, Fact, World
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,7 +50,7 @@ def kind_probes(reserved: list[Fact], live: list[Fact]) -> Probes:
     kinds: dict[str, list] = {}
     for f in reserved:
         kind = f.relation
-        if f.entity and f.relation not in ("self",):
+        if f.entity and f.relation != SELF:
             kind += "/shared" if alike[final_word(f), f.relation] else "/apart"
         kinds.setdefault(kind, []).append((f.prompt, f.visual))
     return Probes(dict(sorted(kinds.items())))
@@ -68,12 +68,12 @@ def main() -> None:
     t0 = time.time()
     where = world_paths("large")
     world = World.read(where.data_dir)
-    shipped = load_model(where.diffusion_dir)
 
     def load() -> DiffusionModel:
         return load_widened(where.diffusion_dir, args.width) if args.width else load_model(where.diffusion_dir)
 
     base, model = load(), load()
+    shipped = load_model(where.diffusion_dir) if args.width else base  # what Stage I's targets were made on
     hp = EditHParams.preset(base.family, steps=200, seed=0, **METHODS[args.method])
     layers = hp.edit_layers(base.n_layers)
     by_id = {f.id: f for f in world.facts}
