@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from editing.hparams import KEY_COLUMNS
-from editing.model import DiffusionModel
+from editing.model import DiffusionModel, ResidualStream, first_eos
 from editing.requests import EditRequest, subject_spans, templated, without_sources
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,21 @@ class KeyMoments:
         return KeyMoments({l: s - other.sums[l] for l, s in self.sums.items()}, self.count - other.count)
 
 
+def counted_tokens(eos_index: torch.Tensor, length: int, skip_bos: bool) -> torch.Tensor:
+    """(n, length) bool: the tokens C0 counts, every one up to and including the first [EOS]
+    (the rest is padding), but the [BOS] at position 0 with ``skip_bos``."""
+    mask = torch.arange(length, device=eos_index.device)[None, :] <= eos_index[:, None]
+    if skip_bos:
+        mask[:, 0] = False
+    return mask
+
+
+def _second_moment(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of k k^T (float64, CPU) over the counted tokens (computed on the keys' device)."""
+    k = keys[mask].double()
+    return (k.T @ k).cpu()
+
+
 @torch.no_grad()
 def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str], batch_size: int = 256,
                 progress: bool = False, skip_bos: bool = False) -> KeyMoments:
@@ -183,19 +198,46 @@ def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence
         chunks = range(0, len(captions), batch_size)
         for i in tqdm(chunks, desc="C0 statistics", unit="batch", disable=not progress):
             enc = model.encode(list(captions[i:i + batch_size]), pad_to_max=False)
-            # every token up to and including the first [EOS] (the rest is padding)
-            length = enc.input_ids.shape[1]
-            mask = torch.arange(length, device=enc.eos_index.device)[None, :] <= enc.eos_index[:, None]
-            if skip_bos:
-                mask[:, 0] = False
+            mask = counted_tokens(enc.eos_index, enc.input_ids.shape[1], skip_bos)
             count += int(mask.sum())
-            for l in layers:  # on the model's device, summed on the CPU
-                k = got[l][mask].double()
-                sums[l] += (k.T @ k).cpu()
+            for l in layers:
+                sums[l] += _second_moment(got[l], mask)
     finally:
         for h in hooks:
             h.remove()
     return KeyMoments(sums, count)
+
+
+class CorpusStream:
+    """``KeyMoments`` of a caption corpus at ascending layers on the model as it is now
+    (Stage II's ``hp.c0_refresh``), read off one ``ResidualStream`` per chunk of captions
+    that moves up with the edit, as ``SubjectStream`` does for the batch: C0 refreshed at the
+    edit layers costs about (last - first + number of edit layers) layer forwards of the
+    corpus instead of one whole encoding per layer. It holds the corpus's residual stream,
+    (tokens x d) floats; the keys, d_k wide, are read a chunk at a time and not kept."""
+
+    def __init__(self, model: DiffusionModel, captions: Sequence[str], batch_size: int = 256,
+                 skip_bos: bool = False):
+        self.chunks: list[tuple[ResidualStream, torch.Tensor]] = []
+        eos_id = model.tokenizer.eos_token_id
+        for i in range(0, len(captions), batch_size):
+            part = list(captions[i:i + batch_size])
+            ids = model.tokenize(part, pad_to_max=False)["input_ids"].to(model.device)
+            mask = counted_tokens(first_eos(ids, eos_id), ids.shape[1], skip_bos)
+            self.chunks.append((model.residual_stream(part), mask))
+        self.count = sum(int(mask.sum()) for _, mask in self.chunks)
+
+    @torch.no_grad()
+    def moments(self, layer: int) -> KeyMoments:
+        """The corpus's moments of ``layer``'s fc2 inputs on the model as it is now; the
+        layers below ``layer`` must not change afterwards."""
+        total = None
+        for stream, mask in self.chunks:
+            stream.advance_to(layer)
+            keys, _ = stream.run(layer, layer, keep=False)
+            part = _second_moment(keys, mask)
+            total = part if total is None else total.add_(part)
+        return KeyMoments({layer: total}, self.count)
 
 
 def layer_stats(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str],

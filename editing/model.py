@@ -117,11 +117,14 @@ class ResidualStream:
 
     @torch.no_grad()
     def run(self, key_layer: int | None, out_layer: int,
-            each: Callable[[int, torch.Tensor], None] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+            each: Callable[[int, torch.Tensor], None] | None = None,
+            keep: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
         """From the stored stream (``at <= key_layer <= out_layer``): the fc2 input of
         ``key_layer`` (n, L, d_k; None without a key layer) and the stream leaving
         ``out_layer`` (n, L, d), for every token; ``each(layer, output)`` sees the stream
-        leaving every layer run. The stored stream does not move."""
+        leaving every layer run. The stored stream does not move. ``keep=False``: the keys of
+        the layer the stream is at are not held for stepping past it (the class docstring),
+        which then runs the layer again: for a stream too large to hold its keys twice."""
         lowest = out_layer if key_layer is None else key_layer
         if not self.at <= lowest <= out_layer:
             raise ValueError(f"stream at layer {self.at} cannot give keys of {key_layer} and output of {out_layer}")
@@ -131,7 +134,7 @@ class ResidualStream:
                 hidden = self._layer(i, hidden)
                 if each is not None:
                     each(i, hidden)
-                if i == key_layer == self.at:
+                if keep and i == key_layer == self.at:
                     self._ahead = (i, hidden, got["keys"], self.model.fc2(i).weight.detach().clone())
         return got.get("keys"), hidden
 

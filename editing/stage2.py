@@ -32,7 +32,8 @@ with ``hp.entity_energy`` < 1, the directions holding that share of their energy
 plus, with ``hp.c0_weight``, that multiple of C0 (EMCID's term inside Eq. 7, beyond the
 papers: with P = I it is EMCID's closed form with the memory Kp Kp^T and beta); with
 ``hp.c0_refresh`` that C0 is read at each layer above the first on the model as edited so
-far (the preserved corpus's keys as the layers below now make them; one corpus pass a layer).
+far (the preserved corpus's keys as the layers below now make them, ``keys.CorpusStream``: its
+residual stream moves up with the edit as the batch's does).
 EMCID's closed form is the same loop with B = K1^T (lambda (1-alpha)/alpha C0 + K1 K1^T)^-1.
 With ``hp.max_update_norm`` the ridge is raised, layer by layer, until ||W_l - W0_l||_F stays
 within that share of ||W0_l||_F (docs/method.md "The update measured, and bounded"); what a bounded layer does
@@ -48,7 +49,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from editing.hparams import EditHParams
-from editing.keys import SpanStream, SubjectStream, compute_entity_ks, directions_holding, entity_mentions, key_moments
+from editing.keys import CorpusStream, SpanStream, SubjectStream, compute_entity_ks, directions_holding, entity_mentions
 from editing.model import DiffusionModel
 from editing.preservation import Preservation, fact_prompts
 from editing.requests import EditRequest
@@ -178,6 +179,9 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
     # of the keys frozen when each landed (the batch's own sources are revised: left out)
     live = state.live_facts(replacing=sources) if hp.refresh_kp else []
     live_keys = SubjectStream(model, [f.source for f in live], templates, hp.key_columns) if live else None
+    # the preserved corpus's keys as the layers below now make them (C0 read on the model as edited so far)
+    refresh_c0 = hp.method == "nullspace" and hp.c0_weight > 0 and hp.c0_refresh and len(layers) > 1
+    corpus = CorpusStream(model, captions, skip_bos=hp.c0_skip_bos) if refresh_c0 else None
     targets = zs.double()
     start, before = None, {}  # h, and h leaving each layer, before the batch ("stream")
     # the first edit layer at which h is read exactly again (the first one always is)
@@ -222,8 +226,7 @@ def execute_stage2(model: DiffusionModel, requests: Sequence[EditRequest], zs: t
             if hp.protect_mentions:
                 q = protect_entity_keys(q, km, energy=0.99)
         if hp.method == "nullspace" and hp.c0_weight > 0:
-            c0_here = (key_moments(model, [layer], captions, skip_bos=hp.c0_skip_bos).c0()[layer]
-                       if hp.c0_refresh and i > 0 else c0[layer])
+            c0_here = corpus.moments(layer).c0()[layer] if corpus is not None and i > 0 else c0[layer]
             kp = kp + hp.c0_weight_for(k1.shape[1]) * c0_here
         w = model.fc2(layer).weight
         t_solve = time.perf_counter()

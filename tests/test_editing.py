@@ -11,7 +11,16 @@ from safetensors.torch import load_file
 from bench.edit_quality import METHODS, NULLSPACE, SEQUENTIAL
 from editing.api import edit, preservation
 from editing.hparams import EditHParams
-from editing.keys import SubjectStream, compute_hs, compute_ks, entity_mentions, layer_stats, null_space_projection
+from editing.keys import (
+    CorpusStream,
+    SubjectStream,
+    compute_hs,
+    compute_ks,
+    entity_mentions,
+    key_moments,
+    layer_stats,
+    null_space_projection,
+)
 from editing.model import DiffusionModel, load_model
 from editing.requests import EditRequest, Entity, normalise
 from editing.stage1 import compute_zs
@@ -516,6 +525,37 @@ def test_each_shipped_world_s_preset_is_a_benchmarked_method():
     small, large = (EditHParams.for_model(load_model(world_paths(w).diffusion_dir)) for w in ("small", "large"))
     assert preset_method(small, family) == "consolidate-c0-templates-w400" and small == family
     assert preset_method(large, family) == "consolidate-c0-templates-w4000-layer5"
+
+
+def test_corpus_stream_moments_equal_fresh_passes_as_layers_change(world):
+    """c0_refresh reads the corpus's key moments off one residual stream per chunk that moves
+    up with the edit: after each edit layer is read and then changed, the next layer's
+    moments equal a fresh pass over the corpus, and each layer runs at most twice per chunk
+    (read, then stepped past once edited) where fresh passes run the whole encoder per layer."""
+    model = fresh()
+    captions = world.captions()[:300]
+    layers = model.default_edit_layers
+    stream = CorpusStream(model, captions, batch_size=128, skip_bos=True)
+    runs = []
+    counters = [layer.register_forward_hook(lambda m, *_: runs.append(m)) for layer in model.layers]
+    gen = torch.Generator().manual_seed(0)
+    try:
+        for layer in layers:
+            got = stream.moments(layer)
+            ref = key_moments(model, [layer], captions, batch_size=128, skip_bos=True)
+            assert got.count == ref.count
+            torch.testing.assert_close(got.sums[layer], ref.sums[layer], rtol=1e-6, atol=0)
+            with torch.no_grad():  # Stage II's edit of this layer, read before it changed
+                w = model.fc2(layer).weight
+                w += 0.2 * w.abs().mean() * torch.randn(w.shape, generator=gen)
+            runs_before = len(runs)
+            key_moments(model, [layer], captions, batch_size=128)
+            assert len(runs) - runs_before == 3 * model.n_layers  # a fresh pass: every layer, 3 chunks of 128
+    finally:
+        for c in counters:
+            c.remove()
+    fresh_runs = 3 * model.n_layers * 2 * len(layers)  # the reference passes above
+    assert len(runs) - fresh_runs == 3 * (layers[-1] + len(layers))
 
 
 @pytest.mark.parametrize("reads", ["exact", "direct", "stream"])
