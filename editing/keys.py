@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from editing.hparams import KEY_COLUMNS
-from editing.model import DiffusionModel, ResidualStream, first_eos
+from editing.model import DiffusionModel, first_eos
 from editing.requests import EditRequest, subject_spans, templated, without_sources
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,59 @@ def counted_tokens(eos_index: torch.Tensor, length: int, skip_bos: bool) -> torc
     return mask
 
 
-def _second_moment(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of k k^T (float64, CPU) over the counted tokens (computed on the keys' device)."""
-    k = keys[mask].double()
+@dataclass
+class CountedChunk:
+    """One chunk of a corpus as C0 counts it: its captions, token ids (padded to the chunk's
+    longest) and per token the weight of its key in C0's sums."""
+
+    captions: list[str]
+    input_ids: torch.Tensor  # (n, L)
+    weights: torch.Tensor  # (n, L) float64
+
+
+def counted_chunks(model: DiffusionModel, captions: Sequence[str], batch_size: int = 256,
+                   skip_bos: bool = False) -> list[CountedChunk]:
+    """The corpus in chunks, each counted token weighted so that every distinct prefix is
+    counted once with the number of captions that share it (``counted_tokens``' tokens, in
+    total). The text encoder is causal with absolute positions, so a token's key depends only
+    on the tokens up to it: captions that begin alike ("the logo of ...") give their shared
+    prefix the same keys, and C0's sums need them once, weighted. The captions are chunked shortest first, so
+    that a chunk pads little (C0 is a sum: their order is no matter)."""
+    eos_id = model.tokenizer.eos_token_id
+    lengths = [len(ids) for ids in model.tokenizer(list(captions), truncation=True,
+                                                   max_length=model.max_length)["input_ids"]]
+    captions = [captions[i] for i in sorted(range(len(captions)), key=lengths.__getitem__)]
+    chunks, nodes, first, times = [], {}, [], []  # prefix trie: (parent, token) -> node
+    for i in range(0, len(captions), batch_size):
+        part = captions[i:i + batch_size]
+        ids = model.tokenize(part, pad_to_max=False)["input_ids"]
+        mask = counted_tokens(first_eos(ids, eos_id), ids.shape[1], skip_bos)
+        c = len(chunks)
+        for row, (seq, counted) in enumerate(zip(ids.tolist(), mask.tolist(), strict=True)):
+            node = -1
+            for pos, token in enumerate(seq):
+                node = nodes.setdefault((node, token), len(nodes))
+                if node == len(first):
+                    first.append(None)
+                    times.append(0)
+                if counted[pos]:
+                    first[node] = first[node] or (c, row, pos)
+                    times[node] += 1
+                if token == eos_id and pos > 0:
+                    break
+        chunks.append(CountedChunk(part, ids, torch.zeros(ids.shape, dtype=torch.float64)))
+    for at, n in zip(first, times, strict=True):
+        if at is not None:
+            chunks[at[0]].weights[at[1], at[2]] = n
+    return chunks
+
+
+def _second_moment(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum of w k k^T (float64, CPU) over the tokens of nonzero weight (computed on the keys'
+    device)."""
+    weights = weights.to(keys.device)
+    kept = weights > 0
+    k = keys[kept].double() * weights[kept].sqrt()[:, None]
     return (k.T @ k).cpu()
 
 
@@ -186,26 +236,24 @@ def _second_moment(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence[str], batch_size: int = 256,
                 progress: bool = False, skip_bos: bool = False) -> KeyMoments:
     """``KeyMoments`` of fc2 inputs at each layer over every non-padding token of
-    ``captions`` (``skip_bos``: but the [BOS] at position 0), in one pass for all layers."""
+    ``captions`` (``skip_bos``: but the [BOS] at position 0), in one pass for all layers;
+    each distinct prefix's keys once, weighted (``counted_chunks``)."""
     d_k = model.fc2(layers[0]).in_features
     sums = {l: torch.zeros(d_k, d_k, dtype=torch.float64) for l in layers}
-    count = 0
+    chunks = counted_chunks(model, captions, batch_size, skip_bos)
     hooks, got = [], {}
     for l in layers:
         hooks.append(model.fc2(l).register_forward_hook(
             lambda _m, inp, _o, l=l: got.__setitem__(l, inp[0].detach())))
     try:
-        chunks = range(0, len(captions), batch_size)
-        for i in tqdm(chunks, desc="C0 statistics", unit="batch", disable=not progress):
-            enc = model.encode(list(captions[i:i + batch_size]), pad_to_max=False)
-            mask = counted_tokens(enc.eos_index, enc.input_ids.shape[1], skip_bos)
-            count += int(mask.sum())
+        for chunk in tqdm(chunks, desc="C0 statistics", unit="batch", disable=not progress):
+            model.encode(input_ids=chunk.input_ids)
             for l in layers:
-                sums[l] += _second_moment(got[l], mask)
+                sums[l] += _second_moment(got[l], chunk.weights)
     finally:
         for h in hooks:
             h.remove()
-    return KeyMoments(sums, count)
+    return KeyMoments(sums, int(sum(float(c.weights.sum()) for c in chunks)))
 
 
 class CorpusStream:
@@ -218,24 +266,19 @@ class CorpusStream:
 
     def __init__(self, model: DiffusionModel, captions: Sequence[str], batch_size: int = 256,
                  skip_bos: bool = False):
-        self.chunks: list[tuple[ResidualStream, torch.Tensor]] = []
-        eos_id = model.tokenizer.eos_token_id
-        for i in range(0, len(captions), batch_size):
-            part = list(captions[i:i + batch_size])
-            ids = model.tokenize(part, pad_to_max=False)["input_ids"].to(model.device)
-            mask = counted_tokens(first_eos(ids, eos_id), ids.shape[1], skip_bos)
-            self.chunks.append((model.residual_stream(part), mask))
-        self.count = sum(int(mask.sum()) for _, mask in self.chunks)
+        self.chunks = [(model.residual_stream(c.captions), c.weights)
+                       for c in counted_chunks(model, captions, batch_size, skip_bos)]
+        self.count = int(sum(float(w.sum()) for _, w in self.chunks))
 
     @torch.no_grad()
     def moments(self, layer: int) -> KeyMoments:
         """The corpus's moments of ``layer``'s fc2 inputs on the model as it is now; the
         layers below ``layer`` must not change afterwards."""
         total = None
-        for stream, mask in self.chunks:
+        for stream, weights in self.chunks:
             stream.advance_to(layer)
             keys, _ = stream.run(layer, layer, keep=False)
-            part = _second_moment(keys, mask)
+            part = _second_moment(keys, weights)
             total = part if total is None else total.add_(part)
         return KeyMoments({layer: total}, self.count)
 

@@ -16,6 +16,7 @@ from editing.keys import (
     SubjectStream,
     compute_hs,
     compute_ks,
+    counted_chunks,
     entity_mentions,
     key_moments,
     layer_stats,
@@ -84,6 +85,9 @@ def test_c0_is_the_second_moment_of_corpus_keys(world, toy_model, tmp_path):
     mask = torch.arange(keys.shape[1])[None] <= enc.eos_index[:, None]
     k = keys[mask].double()
     torch.testing.assert_close(c0, k.T @ k / len(k))
+    # captions that begin alike share their prefix's keys: C0 reads each distinct prefix once
+    kept = sum(int((c.weights > 0).sum()) for c in counted_chunks(toy_model, caps))
+    assert kept < len(k) * 0.9
     assert list(tmp_path.glob("c0_*layer1.safetensors"))  # cached
     again = layer_stats(toy_model, [1], caps, cache_dir=tmp_path, model_hash="h", progress=False)[1]
     torch.testing.assert_close(again, c0)
