@@ -7,7 +7,9 @@
    timed the same way; then Stage II for live sets of 100, 300 and 1000 facts solved from
    the base (a consolidated version's Stage II: the cost curve as the live set grows).
 2. Stage II for a 10-fact batch after 1000 earlier edits, divided by the same at 0 edits.
-3. Batched Stage I throughput on ToyWorld divided by a per-fact loop, at equal quality.
+3. Batched Stage I throughput on ToyWorld divided by a per-fact loop, at equal quality;
+   and the U-Net's work per image at the loop's batch and the batched run's, whose ratio
+   bounds what batching can gain where the U-Net is most of Stage I.
 4. Bytes stored per version for 100 edits divided by the text encoder's bytes.
 
     python -m bench.edit_speed [--facts 300] [--live-sets 100,300,1000]
@@ -86,6 +88,29 @@ def stage2_seconds(model: DiffusionModel, reqs, hp, layers, state, pres) -> tupl
     t0 = time.perf_counter()
     execute_stage2(model, reqs, zs, hp, layers, state, pres, timings=timings)
     return time.perf_counter() - t0, timings["solve_seconds"]
+
+
+def unet_ms_per_image(model: DiffusionModel, n: int, repeats: int = 5) -> float:
+    """Milliseconds per image of Stage I's U-Net work at batch ``n``: the noise prediction
+    conditioned on embeddings that need a gradient, its backward to them, and the
+    no-gradient prediction for the destination prompt (one of each per image and step)."""
+    gen = torch.Generator().manual_seed(0)
+    size = model.unet.config.sample_size
+    x = torch.randn(n, model.unet.config.in_channels, size, size, generator=gen)
+    t = torch.randint(0, model.num_train_timesteps, (n,), generator=gen)
+    cond = model.encode(["a photo of the logo"] * n).hidden
+
+    def step():
+        src = cond.clone().requires_grad_(True)
+        model.predict_noise(x, t, src).square().mean().backward()
+        with torch.no_grad():
+            model.predict_noise(x, t, cond)
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - t0) / repeats / n * 1000
 
 
 def main() -> None:
@@ -177,6 +202,11 @@ def main() -> None:
     out["stage1_batched_over_loop_throughput"] = round(t_loop / t_batch, 2)
     out["stage1_final_loss_batched"] = round(loss_b, 6)
     out["stage1_final_loss_loop"] = round(loss_l, 6)
+    # what limits the batch's gain: the U-Net's forward and backward, per image, at the
+    # loop's batch (one fact's destination images) and at the batched run's (all of them)
+    per_image = {n: unet_ms_per_image(toy, n) for n in (hp1.noise_images, hp1.noise_images * len(reqs))}
+    out["stage1_unet_ms_per_image"] = {str(n): round(ms, 2) for n, ms in per_image.items()}
+    out["stage1_unet_batch_gain"] = round(per_image[hp1.noise_images] / per_image[hp1.noise_images * len(reqs)], 2)
     out["command"] = (f"python -m bench.edit_speed --facts {args.facts} --stage1-facts {args.stage1_facts} "
                       f"--live-sets {args.live_sets}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
