@@ -192,10 +192,10 @@ def counted_chunks(model: DiffusionModel, captions: Sequence[str], batch_size: i
     counted once with the number of captions that share it (``counted_tokens``' tokens, in
     total). The text encoder is causal with absolute positions, so a token's key depends only
     on the tokens up to it: captions that begin alike ("the logo of ...") give their shared
-    prefix the same keys, and C0's sums need them once, weighted. The captions are chunked shortest first, so
-    that a chunk pads little (C0 is a sum: their order is no matter)."""
-    eos_id = model.tokenizer.eos_token_id
-    lengths = [len(ids) for ids in model.tokenizer(list(captions), truncation=True,
+    prefix the same keys, and C0's sums need them once, weighted. The captions are chunked
+    shortest first, so that a chunk pads little (C0 is a sum: their order is no matter)."""
+    eos_id, captions = model.tokenizer.eos_token_id, list(captions)
+    lengths = [len(ids) for ids in model.tokenizer(captions, truncation=True,
                                                    max_length=model.max_length)["input_ids"]]
     captions = [captions[i] for i in sorted(range(len(captions)), key=lengths.__getitem__)]
     chunks, nodes, first, times = [], {}, [], []  # prefix trie: (parent, token) -> node
