@@ -259,9 +259,10 @@ def key_moments(model: DiffusionModel, layers: Sequence[int], captions: Sequence
 class CorpusStream:
     """``KeyMoments`` of a caption corpus at ascending layers on the model as it is now
     (Stage II's ``hp.c0_refresh``), read off one ``ResidualStream`` per chunk of captions
-    that moves up with the edit, as ``SubjectStream`` does for the batch: C0 refreshed at the
-    edit layers costs about (last - first + number of edit layers) layer forwards of the
-    corpus instead of one whole encoding per layer. It holds the corpus's residual stream,
+    that moves up with the edit, as ``SubjectStream`` does for the batch: C0 refreshed at m
+    edit layers up to layer L costs about L + m layer forwards of the corpus (every layer up
+    to L once, and each edit layer once more to read its keys before it is edited) instead
+    of one whole encoding per edit layer. It holds the corpus's residual stream,
     (tokens x d) floats; the keys, d_k wide, are read a chunk at a time and not kept."""
 
     def __init__(self, model: DiffusionModel, captions: Sequence[str], batch_size: int = 256,
