@@ -439,7 +439,11 @@ def chart(results: dict, path: Path) -> Path:
 
     panels = (("efficacy", "efficacy"), ("specificity_vs_unedited", "specificity / unedited"),
               ("fid_increase", "FID change"))
-    lines = -(-len(results["methods"]) // 4)  # the legend below the panels, four methods a line
+    # the legend below the panels, as many methods a line as their longest name leaves room for
+    longest = max(len(name) + (len(" (the preset)") if name == results.get("preset") else 0)
+                  for name in results["methods"])
+    ncol = max(1, min(4, int(13 * 110 // (longest * 5.5 + 45))))  # figure width in pixels / a label's
+    lines = -(-len(results["methods"]) // ncol)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6 + 0.22 * lines))
     for ax, (key, label) in zip(axes, panels, strict=True):
         for i, (name, rows) in enumerate(results["methods"].items()):
@@ -454,7 +458,7 @@ def chart(results: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     labels = [f"{name} (the preset)" if name == results.get("preset") else name for name in labels]
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     w = results["world"]
     fig.suptitle(f"ToyWorld {w['name']} ({w['entities']} entities, {w['concepts']} concepts), "
                  f"stream seed {results['seed']}", fontsize=10)
