@@ -178,10 +178,9 @@ def counted_tokens(eos_index: torch.Tensor, length: int, skip_bos: bool) -> torc
 
 @dataclass
 class CountedChunk:
-    """One chunk of a corpus as C0 counts it: its captions, token ids (padded to the chunk's
-    longest) and per token the weight of its key in C0's sums."""
+    """One chunk of a corpus as C0 counts it: its token ids (padded to the chunk's longest)
+    and per token the weight of its key in C0's sums."""
 
-    captions: list[str]
     input_ids: torch.Tensor  # (n, L)
     weights: torch.Tensor  # (n, L) float64
 
@@ -216,7 +215,7 @@ def counted_chunks(model: DiffusionModel, captions: Sequence[str], batch_size: i
                     times[node] += 1
                 if token == eos_id and pos > 0:
                     break
-        chunks.append(CountedChunk(part, ids, torch.zeros(ids.shape, dtype=torch.float64)))
+        chunks.append(CountedChunk(ids, torch.zeros(ids.shape, dtype=torch.float64)))
     for at, n in zip(first, times, strict=True):
         if at is not None:
             chunks[at[0]].weights[at[1], at[2]] = n
@@ -267,7 +266,7 @@ class CorpusStream:
 
     def __init__(self, model: DiffusionModel, captions: Sequence[str], batch_size: int = 256,
                  skip_bos: bool = False):
-        self.chunks = [(model.residual_stream(c.captions), c.weights)
+        self.chunks = [(model.residual_stream(input_ids=c.input_ids), c.weights)
                        for c in counted_chunks(model, captions, batch_size, skip_bos)]
         self.count = int(sum(float(w.sum()) for _, w in self.chunks))
 

@@ -269,8 +269,10 @@ class DiffusionModel:
         return keys, values
 
     @torch.no_grad()
-    def residual_stream(self, prompts: Sequence[str]) -> ResidualStream:
-        """The residual stream of ``prompts`` entering layer 0, to walk up layer by layer."""
+    def residual_stream(self, prompts: Sequence[str] | None = None,
+                        input_ids: torch.Tensor | None = None) -> ResidualStream:
+        """The residual stream of ``prompts`` (or their token ids, padded to the longest)
+        entering layer 0, to walk up layer by layer."""
         got: dict = {}
 
         def grab(_module, args, kwargs):
@@ -279,7 +281,7 @@ class DiffusionModel:
 
         handle = self.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            self.encode(prompts, pad_to_max=False)
+            self.encode(prompts, input_ids=input_ids, pad_to_max=False)
         except _Captured:
             pass
         finally:
