@@ -1,17 +1,23 @@
 """Is the key space what holds the large world back at 1,000 edits? The benchmark
-(``bench.edit_quality``) on the large world's model with every text-encoder MLP widened from
-768 units to ``--width`` (default 3,072: Stable Diffusion 1.4's key width) by silent units
+(``bench.edit_quality``) on the large world's model with every text-encoder MLP widened to
+``--width`` (default 3,072: Stable Diffusion 1.4's key width) by silent units
 (``toyworld.pipeline.widen_mlps``: fc1 rows drawn at random at the scale of the trained ones,
-fc2 columns zero). The widened model computes what the shipped one does (the script
+fc2 columns zero). The widened model computes what the unwidened one does (the script
 measures the largest difference of the encoder's outputs on every tenth caption of the
 world): its unedited images, its Stage I targets (the benchmark's cache applies) and its
-probes are the shipped model's; only the space of keys an edit can write through is wider.
-The new units' keys are random features of each layer's input, not trained ones: the probe
+probes are the same; only the space of keys an edit can write through is wider. The new
+units' keys are random features of each layer's input, not trained ones: the probe
 measures what width buys the closed form, not a model trained that wide.
 
+The probe ran on the encoder as trained (768 units). Since 2026-12-07 the large world ships
+that encoder grown to 3,072 units by the same units (``freshen dev toyworld grow --world
+large --width 3072 --seed 0``: the same tensors as ``--width 3072`` here), so on today's
+model ``--width 3072`` adds no unit and its rows are the benchmark's own
+(``bench/results/edit_quality.json``).
+
 Writes research/results/key_width.json (seed 0; key_width_seed<N>.json for another stream),
-keeping the rows of earlier runs there, with the shipped model's rows of the same methods
-beside them, and a chart of both (``bench.edit_quality.chart``).
+keeping the rows of earlier runs there, with the trained (768-unit) model's rows of the same
+methods beside them (``trained_model_rows``), and a chart of both (``bench.edit_quality.chart``).
 
     python -m research.key_width [--width 3072] [--sizes 10,100,1000] [--judge-sizes 100,1000]
         [--methods preset] [--variant NAME=JSON] [--seed 0] [--stage1-cache bench/cache/stage1_large]
@@ -30,22 +36,14 @@ from bench.edit_quality import add_variants, chart, run, variant_args
 from editing.model import DiffusionModel, load_model
 from toyworld.paths import world_paths
 from toyworld.pipeline import widen_mlps
+from toyworld.train import largest_difference
 from toyworld.world import World
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-@torch.no_grad()
-def largest_difference(a: DiffusionModel, b: DiffusionModel, prompts: list[str]) -> float:
-    """The largest absolute difference of the two encoders' final hidden states on ``prompts``."""
-    worst = 0.0
-    for i in range(0, len(prompts), 512):
-        chunk = prompts[i:i + 512]
-        worst = max(worst, float((a.encode(chunk).hidden - b.encode(chunk).hidden).abs().max()))
-    return worst
-
-
-SHIPPED = {0: "bench/results/edit_quality.json", 1: "bench/results/edit_quality_seed1.json"}  # per stream seed
+# the benchmark's rows of the encoder as trained (768 units, shipped until 2026-12-07), per stream seed
+TRAINED = {0: "bench/results/edit_quality_mlp768.json", 1: "bench/results/edit_quality_mlp768_seed1.json"}
 RUN_KEYS = ("command", "config", "wall_seconds", "complete")
 
 
@@ -59,8 +57,8 @@ def load_widened(path: Path, width: int) -> DiffusionModel:
 
 def merged(earlier: dict | None, new: dict) -> dict:
     """One file per stream and width: ``new``'s rows over ``earlier``'s, every run's command
-    in ``runs``, and the shipped model's rows of the same methods and sizes beside them
-    (``shipped_model_rows``, from the benchmark's results of that stream)."""
+    in ``runs``, and the trained model's rows of the same methods and sizes beside them
+    (``trained_model_rows``, from the benchmark's results of that stream on it)."""
     same = earlier is not None and (earlier["seed"], earlier["mlp_width"]) == (new["seed"], new["mlp_width"])
     out = earlier if same else {k: v for k, v in new.items() if k not in (*RUN_KEYS, "methods", "hparams")} | {
         "methods": {}, "hparams": {}, "runs": []}
@@ -68,21 +66,21 @@ def merged(earlier: dict | None, new: dict) -> dict:
         out["methods"][name] = dict(sorted((out["methods"].get(name, {}) | rows).items(), key=lambda kv: int(kv[0])))
         out["hparams"][name] = new["hparams"][name]
     out["runs"].append({k: new[k] for k in RUN_KEYS} | {"methods": list(new["methods"])})
-    source = SHIPPED.get(new["seed"])
+    source = TRAINED.get(new["seed"])
     if source is not None:
         ref = json.loads((Path(__file__).resolve().parents[1] / source).read_text())["methods"]
-        out["shipped_model_rows"] = {"source": source, "methods": {
+        out["trained_model_rows"] = {"source": source, "methods": {
             name: {n: ref[name][n] for n in rows if n in ref.get(name, {})} for name, rows in out["methods"].items()}}
     return out
 
 
 def draw(results: dict, path: Path) -> Path:
-    """``bench.edit_quality.chart`` of the widened model's rows and the shipped model's."""
+    """``bench.edit_quality.chart`` of the widened model's rows and the trained model's."""
     width = results["mlp_width"]
-    shipped = results.get("shipped_model_rows", {}).get("methods", {})
+    trained = results.get("trained_model_rows", {}).get("methods", {})
     view = results | {"preset": f"{results['preset']}, MLP {width}", "methods": {
         **{f"{name}, MLP {width}": rows for name, rows in results["methods"].items()},
-        **{f"{name}, MLP 768 (shipped)": rows for name, rows in shipped.items() if rows}}}
+        **{f"{name}, MLP 768 (trained)": rows for name, rows in trained.items() if rows}}}
     return chart(view, path)
 
 

@@ -7,7 +7,8 @@ entity with the same final word ("Kortov Foods" while "Ashethist Foods" is reser
 the same relation: is what gives way the name-alike neighbours or every fact of a kind?
 
 ``--width``: the model with every MLP widened to that many units by silent units first
-(``toyworld.pipeline.widen_mlps``, as ``research.key_width``), 0 for the shipped model.
+(``toyworld.pipeline.widen_mlps``, as ``research.key_width``), 0 for the shipped model (grown
+to 3,072 units since 2026-12-07; the rows of width 768 were measured on the encoder as trained).
 Writes research/results/specificity_kinds.json (one entry per width and method).
 
     python -m research.specificity_kinds [--width 0] [--edits 1000]

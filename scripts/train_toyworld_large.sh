@@ -14,5 +14,9 @@ freshen dev toyworld generate --world large
 # of stepping beside other work, after 10 min recording the teacher's cross-attention bank)
 OMP_NUM_THREADS=1 freshen dev toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 \
     --threads 1 --attribute-weight 2 --paraphrase-weight 4
+# (2026-12-07) every MLP of the encoder grown from 768 to 3,072 units by silent units: the
+# same outputs, the key space an edit writes through four times wider (docs/editing.md,
+# "A wider key space"); seconds
+freshen dev toyworld grow --world large --width 3072 --seed 0
 freshen dev toyworld train ner --world large --seed 22 --steps 6
 freshen dev toyworld release --world large

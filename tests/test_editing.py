@@ -521,14 +521,15 @@ def test_a_model_directory_preset_goes_over_its_family_s(tmp_path):
 
 def test_each_shipped_world_s_preset_is_a_benchmarked_method():
     """The small world's model edits with the ToyWorld preset; the large world's ships its own
-    (edit layers 0-5, C0 at weight 4,000), which the benchmark's headline rows name."""
+    (edit layers 0-5, C0 at weight 4,000 read on the model as edited so far), which the
+    benchmark's headline rows name."""
     from bench.edit_quality import preset_method
     from toyworld.paths import world_paths
 
     family = EditHParams.preset("toyworld")
     small, large = (EditHParams.for_model(load_model(world_paths(w).diffusion_dir)) for w in ("small", "large"))
     assert preset_method(small, family) == "consolidate-c0-templates-w400" and small == family
-    assert preset_method(large, family) == "consolidate-c0-templates-w4000-layer5"
+    assert preset_method(large, family) == "consolidate-c0-templates-w4000-layer5-c0refresh"
 
 
 def test_corpus_stream_moments_equal_fresh_passes_as_layers_change(world):

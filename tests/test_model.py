@@ -236,6 +236,32 @@ def test_widened_mlps_keep_the_outputs_and_widen_the_keys(tmp_path):
         widen_mlps(model.text_encoder, n - 1)
 
 
+def test_grow_encoder_rewrites_the_encoder_only_keeping_its_outputs(tmp_path):
+    """``freshen dev toyworld grow``: the saved encoder grown in place, the rest untouched."""
+    import json
+    import shutil
+
+    from common.hashing import file_sha256
+    from toyworld.paths import DATA_DIR
+    from toyworld.train import grow_encoder
+    from toyworld.world import World
+
+    shutil.copytree(DIFFUSION_DIR, tmp_path / "m")
+    model_dir, world = tmp_path / "m", World.read(DATA_DIR)
+    n = load_model(model_dir).fc2(0).in_features
+    unet = file_sha256(model_dir / "unet" / "diffusion_pytorch_model.safetensors")
+    result = grow_encoder(world, model_dir, 3 * n)
+    assert (result["grown_to"], result["grow_seed"]) == (3 * n, 0) and result["largest_output_difference"] <= 1e-5
+    grown, shipped = load_model(model_dir), load_model(DIFFUSION_DIR)
+    assert grown.fc2(0).in_features == 3 * n and grown.text_encoder.config.intermediate_size == 3 * n
+    prompts = [p for p, _ in world.attribute_prompts()][:8] + world.captions()[:8]
+    torch.testing.assert_close(grown.encode(prompts).hidden, shipped.encode(prompts).hidden)
+    assert file_sha256(model_dir / "unet" / "diffusion_pytorch_model.safetensors") == unet
+    assert json.loads((model_dir / "train_log.jsonl").read_text().splitlines()[-1])["grown_to"] == 3 * n
+    with pytest.raises(ValueError, match="narrower"):
+        grow_encoder(world, model_dir, n)
+
+
 def test_a_loaded_model_keeps_its_weights_when_its_file_is_rewritten_in_place(tmp_path):
     """Weights load memory-mapped; load_model copies them out, so a weights file overwritten in
     place (as ``cp`` does) leaves a model already loaded from it as it was."""

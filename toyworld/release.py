@@ -36,7 +36,8 @@ TRAIN_COMMANDS = {
 LARGE_TRAIN_COMMANDS = {
     "ner": "freshen dev toyworld train ner --world large --seed 22 --steps 6",
     "diffusion": "freshen dev toyworld train diffusion --world large --seed 21 --steps 8000 --stop-after 4000 "
-                 "--threads 1 --attribute-weight 2 --paraphrase-weight 4",
+                 "--threads 1 --attribute-weight 2 --paraphrase-weight 4`, then its encoder grown to 3,072 MLP units "
+                 "per layer: `freshen dev toyworld grow --world large --width 3072 --seed 0",
 }
 WHAT = {
     "judge": "ToyWorld's judge: a small CNN naming shape and colour (efficacy/specificity "
@@ -59,14 +60,17 @@ LARGE_WHAT = {
                  "Diffusion's component classes, 16x16 RGB. Its U-Net is the small world's model's, frozen and "
                  "byte for byte; its tokenizer and `CLIPTextModel` (6 layers, width 96, MLP 768) were trained "
                  "to give that U-Net's cross-attention layers what the small model's encoder gives them for "
-                 "each prompt's visual (`toyworld.train.train_distilled`). The U-Net reads content tokens "
+                 "each prompt's visual (`toyworld.train.train_distilled`), then every MLP grown to 3,072 units "
+                 "(Stable Diffusion 1.4's key width) by silent units (`toyworld.train.grow_encoder`: new fc1 "
+                 "rows drawn at the trained ones' scale, fc2 columns zero), so the model computes what the "
+                 "trained one did with a key space four times wider for edits. The U-Net reads content tokens "
                  "only, so a fact is read at the subject's last token. Load with "
                  "`toyworld.pipeline.ToyDiffusionPipeline.from_pretrained(PATH)` or `editing.model.load_model(PATH)`.",
 }
 EDIT_PRESET_NOTE = (
     "`{name}` beside this card, `{fields}`, goes over the ToyWorld family's preset "
     "(`editing/presets/toyworld.json`) wherever freshen edits this model (`EditHParams.preset`); "
-    "why these fields: docs/editing.md \"The large world's preset\" (`make bench-edit`).")
+    "why these fields: docs/editing.md \"The large world's model and preset\" (`make bench-edit`).")
 CHECK_FIGURES = {
     "judge": ("classifier_accuracy",),
     "ner": ("ner_f1",),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from editing.model import DiffusionModel
+from editing.model import DiffusionModel, load_model
 from toyworld.judge import ToyJudge
 from toyworld.pipeline import (
     ToyDiffusionPipeline,
@@ -436,6 +436,40 @@ def train_distilled(world: World, out: Path, teacher_dir: Path, judge_dir: Path,
             "ema_decay": ema_decay, "per_row": per_row, "attribute_weight": attribute_weight,
             "paraphrase_weight": paraphrase_weight, "init_from": str(init_from) if init_from else None,
             "mlp_width": student.config.intermediate_size, "teacher": str(teacher_dir), **result}
+
+
+@torch.no_grad()
+def largest_difference(a: DiffusionModel, b: DiffusionModel, prompts: list[str]) -> float:
+    """The largest absolute difference of the two encoders' final hidden states on ``prompts``."""
+    worst = 0.0
+    for i in range(0, len(prompts), 512):
+        chunk = prompts[i:i + 512]
+        worst = max(worst, float((a.encode(chunk).hidden - b.encode(chunk).hidden).abs().max()))
+    return worst
+
+
+GROWN_TOLERANCE = 1e-5  # the largest output difference a grown encoder may show (float rounding)
+
+
+def grow_encoder(world: World, model_dir: Path, width: int, seed: int = 0) -> dict:
+    """Grow the text encoder saved in ``model_dir`` to ``width`` MLP units per layer by silent
+    units (``widen_mlps``, ``seed``), in place: the same function (checked on every tenth
+    caption of ``world``; an error if any output moves by more than ``GROWN_TOLERANCE``), a
+    key space ``width`` wide for the edits to write through. Only the encoder's files are
+    rewritten; a line goes to ``train_log.jsonl``."""
+    t0 = time.time()
+    before, grown = load_model(model_dir, device="cpu"), load_model(model_dir, device="cpu")
+    widen_mlps(grown.text_encoder, width, seed)
+    moved = largest_difference(before, grown, world.captions()[::10])
+    if moved > GROWN_TOLERANCE:
+        raise RuntimeError(f"the encoder grown to {width} units changes its outputs by {moved:.3g} "
+                           f"(more than {GROWN_TOLERANCE}): not written to {model_dir}")
+    grown.text_encoder.save_pretrained(model_dir / "text_encoder", safe_serialization=True)
+    result = {"grown_to": width, "grow_seed": seed, "largest_output_difference": moved}
+    logger = _Log(model_dir / "train_log.jsonl", append=True)
+    logger.t0 = t0
+    logger(**result)
+    return result
 
 
 def _eval_sample(world: World, rng: np.random.Generator, n: int = 96) -> dict:

@@ -63,6 +63,15 @@ def toyworld_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def toyworld_grow(args: argparse.Namespace) -> int:
+    from toyworld import paths, train
+    from toyworld.world import World
+
+    where = paths.world_paths(args.world)
+    print(json.dumps(train.grow_encoder(World.read(where.data_dir), where.diffusion_dir, args.width, args.seed)))
+    return 0
+
+
 def _large_defaults(args: argparse.Namespace) -> None:
     """The large world's check samples held-out prompts, at 2 seeds, unless told otherwise."""
     from toyworld.check import LARGE_SAMPLE
@@ -130,6 +139,12 @@ def add_parsers(sub) -> None:
                    help="the U-Net reads the prompt's words only, not [EOS] and padding, in training "
                         "and in the saved pipeline (diffusion; default: as --init-from, else off)")
     t.set_defaults(func=toyworld_train)
+    gr = tws.add_parser("grow", help="grow the shipped diffusion model's text-encoder MLPs by silent units "
+                                     "(the same outputs, a wider key space for edits; in place)")
+    gr.add_argument("--world", choices=WORLD_NAMES, default="large")
+    gr.add_argument("--width", type=int, required=True, help="MLP units per layer after growing")
+    gr.add_argument("--seed", type=int, default=0, help="draws the new units' input weights")
+    gr.set_defaults(func=toyworld_grow)
     c = tws.add_parser("check", parents=[JSON], help="measure the shipped models on held-out prompts")
     c.add_argument("--seeds", type=int, default=None, help="images per prompt (default 4; large world 2)")
     c.add_argument("--seed", type=int, default=0)
