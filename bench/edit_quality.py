@@ -89,10 +89,11 @@ METHODS = {
     "consolidate-c0-templates-w4000": CONSOLIDATE_C0 | dict(c0_weight=4000.0),
     "consolidate-c0-templates-mean-w400": CONSOLIDATE_C0 | dict(c0_weight=400.0, key_columns="mean"),
     # the preset, and C0 at weight 4,000, with the large world's last layer edited too (the
-    # latter: the large world's own preset since 2026-12-05, its model's freshen_preset.json)
+    # latter: the large world's own preset 2026-12-05 to 2026-12-07, its model's freshen_preset.json)
     "consolidate-c0-templates-w400-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=400.0),
     "consolidate-c0-templates-w4000-layer5": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0),
-    # the large world's preset with C0 read on the model as edited so far at each layer
+    # the same with C0 read on the model as edited so far at each layer (the large world's
+    # preset since 2026-12-07, its model grown to 3,072 MLP units)
     "consolidate-c0-templates-w4000-layer5-c0refresh": CONSOLIDATE_C0 | LAST_LAYER_TOO | dict(c0_weight=4000.0,
                                                                                               c0_refresh=True),
     "consolidate-soft-entities": SOFT_ENTITIES,
@@ -131,6 +132,12 @@ def preset_method(preset: EditHParams, family: EditHParams) -> str:
         if name != "preset" and EditHParams.from_json(family.to_json() | overrides) == preset:
             return name
     raise ValueError("no method of bench.edit_quality.METHODS is the model's preset: name its form there")
+
+
+def model_method(model: DiffusionModel) -> str:
+    """The method ``model``'s own preset is (its family's with its ``freshen_preset.json``
+    over it): what "preset" names in ``--methods``."""
+    return preset_method(EditHParams.for_model(model), EditHParams.preset(model.family))
 
 
 REVISION_SHARE = 0.25  # at most this share of a stream's changes revise an earlier one
@@ -287,7 +294,7 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     fixed = probes(world, {}, reserved, probe_facts)
     fid_pairs = fixed.kinds["specificity_reserved"] + fixed.kinds["specificity_attributes"]
     renders = clean_renders([v for _, v in fid_pairs], seeds)
-    headline = preset_method(preset, EditHParams.preset(base.family))
+    headline = model_method(base)
     methods = list(dict.fromkeys(headline if name == "preset" else name for name in methods))
     runs = {name: _Run(EditHParams.preset(base.family, steps=steps, seed=seed, **METHODS[name]),
                        load(where.diffusion_dir)) for name in methods}

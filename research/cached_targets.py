@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import METHODS, preset_method, stream_batches
+from bench.edit_quality import METHODS, model_method, stream_batches
 from editing.hparams import EditHParams
 from editing.model import load_model
 from toyworld.paths import world_paths
@@ -32,8 +32,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     where = world_paths("large")
     world, model = World.read(where.data_dir), load_model(where.diffusion_dir)
-    name = (preset_method(EditHParams.for_model(model), EditHParams.preset(model.family))
-            if args.method == "preset" else args.method)
+    name = model_method(model) if args.method == "preset" else args.method
     hp = EditHParams.preset(model.family, steps=200, seed=args.seed, **METHODS[name])  # as the benchmark's
     mine = args.stage1_cache / model.base_hash[:16]
     before = set(mine.glob("*.safetensors")) if mine.is_dir() else set()

@@ -457,7 +457,7 @@ def grow_encoder(world: World, model_dir: Path, width: int, seed: int = 0) -> di
     caption of ``world``; an error if any output moves by more than ``GROWN_TOLERANCE``), a
     key space ``width`` wide for the edits to write through. Only the encoder's files are
     rewritten; a line goes to ``train_log.jsonl``."""
-    t0 = time.time()
+    logger = _Log(model_dir / "train_log.jsonl", append=True)  # its seconds count from here
     before, grown = load_model(model_dir, device="cpu"), load_model(model_dir, device="cpu")
     widen_mlps(grown.text_encoder, width, seed)
     moved = largest_difference(before, grown, world.captions()[::10])
@@ -466,8 +466,6 @@ def grow_encoder(world: World, model_dir: Path, width: int, seed: int = 0) -> di
                            f"(more than {GROWN_TOLERANCE}): not written to {model_dir}")
     grown.text_encoder.save_pretrained(model_dir / "text_encoder", safe_serialization=True)
     result = {"grown_to": width, "grow_seed": seed, "largest_output_difference": moved}
-    logger = _Log(model_dir / "train_log.jsonl", append=True)
-    logger.t0 = t0
     logger(**result)
     return result
 
