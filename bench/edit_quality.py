@@ -394,16 +394,21 @@ def run(world_name: str, sizes: list[int], batch_size: int, steps: int, seeds: i
     return {**results, "complete": True}
 
 
+def stage1_dir(base: DiffusionModel, cache: Path) -> Path:
+    """Where ``cache`` keeps Stage I's targets on ``base``: its subdirectory named by the base
+    model's weights (``base_hash``), so that targets of one model are never taken for another's."""
+    return cache / base.base_hash[:16]
+
+
 def stage1_targets(base: DiffusionModel, reqs: list[EditRequest], hp: EditHParams, layer: int, key: str,
                    cache: Path | None) -> torch.Tensor:
-    """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given:
-    in its subdirectory named by the base model's weights (``base_hash``), so that targets of
-    one model are never taken for another's."""
+    """Stage I's targets for one batch, kept in ``cache`` (a directory) across runs when given,
+    in ``stage1_dir``."""
     import hashlib
 
     from safetensors.torch import load_file, save_file
 
-    where = cache / base.base_hash[:16] if cache else None
+    where = stage1_dir(base, cache) if cache else None
     path = where / f"z_{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors" if where else None
     if path is not None and path.is_file():
         return load_file(path)["z"]

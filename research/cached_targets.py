@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.edit_quality import METHODS, model_method, stream_batches
+from bench.edit_quality import METHODS, model_method, stage1_dir, stream_batches
 from editing.hparams import EditHParams
 from editing.model import load_model
 from toyworld.paths import world_paths
@@ -34,13 +34,13 @@ def main() -> None:
     world, model = World.read(where.data_dir), load_model(where.diffusion_dir)
     name = model_method(model) if args.method == "preset" else args.method
     hp = EditHParams.preset(model.family, steps=200, seed=args.seed, **METHODS[name])  # as the benchmark's
-    mine = args.stage1_cache / model.base_hash[:16]
+    mine = stage1_dir(model, args.stage1_cache)
     before = set(mine.glob("*.safetensors")) if mine.is_dir() else set()
     _, reqs, cached = next(stream_batches(world, model, hp, 10, args.stage1_cache, seed=args.seed))
     if set(mine.glob("*.safetensors")) != before:
         raise SystemExit(f"the first batch's targets were not in {mine}: computed now, nothing to compare")
     _, _, fresh = next(stream_batches(world, model, hp, 10, None, seed=args.seed))
-    print(json.dumps({"model": model.base_hash[:16], "method": name, "seed": args.seed, "facts": len(reqs),
+    print(json.dumps({"model": mine.name, "method": name, "seed": args.seed, "facts": len(reqs),
                       "largest_difference": float((fresh - cached).abs().max()),
                       "mean_target_norm": round(float(cached.norm(dim=-1).mean()), 3)}))
 
